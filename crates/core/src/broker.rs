@@ -1,0 +1,92 @@
+//! The broker: the registry of vhosts and the shared clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{CoreError, Result};
+use crate::message::{Clock, SystemClock};
+use crate::vhost::VHost;
+
+/// The routing core's root. Protocol front ends, the management API and
+/// the CLI all reach the core through one `Arc<Broker>`.
+#[derive(Debug)]
+pub struct Broker {
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    clock: Arc<dyn Clock>,
+    ids: AtomicU64,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+impl Broker {
+    /// A broker with the default vhost `/`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let b = Self {
+            vhosts: RwLock::new(HashMap::new()),
+            clock,
+            ids: AtomicU64::new(1),
+        };
+        b.add_vhost("/");
+        b
+    }
+
+    /// The clock everything in this broker reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// A fresh broker-wide id (connections, consumers).
+    pub fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Look up a vhost.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.read().get(name).cloned()
+    }
+
+    /// Look up a vhost for a connection: 530 NOT_ALLOWED if missing.
+    pub fn vhost_for_connection(&self, name: &str) -> Result<Arc<VHost>> {
+        self.vhost(name)
+            .ok_or_else(|| CoreError::NotAllowed(format!("vhost {name} not found")))
+    }
+
+    /// Create a vhost (no-op if it exists); returns it.
+    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        self.vhosts
+            .write()
+            .entry(name.to_owned())
+            .or_insert_with(|| VHost::new(name, self.clock.clone()))
+            .clone()
+    }
+
+    /// Delete a vhost and everything in it.
+    pub fn delete_vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        let v = self.vhosts.write().remove(name)?;
+        for q in v.queues() {
+            v.delete_queue_unchecked(q.name());
+        }
+        Some(v)
+    }
+
+    /// All vhosts, sorted by name.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        let mut v: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name().cmp(b.name()));
+        v
+    }
+
+    /// Periodic work in every vhost (message expiry, `x-expires`).
+    pub fn tick(&self) {
+        for v in self.vhosts() {
+            v.tick();
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! The protocol-agnostic routing core of Liebre.
+//!
+//! Vhosts hold exchanges and queues; exchanges route messages to queues
+//! (directly or through other exchanges); queues hold ready messages and
+//! hand them to consumers that have credit. Nothing here does I/O or reads
+//! the system clock directly: time comes from an injected [`Clock`], and
+//! deliveries leave through the [`ConsumerSink`] trait that each protocol
+//! front end implements.
+//!
+//! # Layout
+//! - [`broker`]: the vhost registry, the root handle.
+//! - [`vhost`]: declarations, bindings, routing, dead-lettering.
+//! - [`exchange`]: exchange types and their binding indexes.
+//! - [`topic`]: the topic trie (AMQP topic exchanges, MQTT filters).
+//! - [`queue`]: ready/unacked messages, consumers, TTL, length limits.
+//! - [`message`]: the shared message, deliveries, clocks.
+
+pub mod broker;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod topic;
+pub mod vhost;
+
+pub use broker::Broker;
+pub use error::{CoreError, Result};
+pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
+pub use message::{Clock, Delivery, ManualClock, Message, SystemClock};
+pub use queue::{
+    Consumer, ConsumerSink, Got, Queue, QueueArgs, QueueOptions, QueueStats, Returned,
+};
+pub use vhost::{PublishOutcome, VHost};

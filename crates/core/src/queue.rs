@@ -1,0 +1,744 @@
+//! Queues: ready messages, unacknowledged count, consumers with credit.
+//!
+//! Each queue has its own lock and no global lock is taken on the message
+//! path: a publisher's task enqueues and dispatches directly, and a
+//! consumer's task acknowledges and dispatches directly. Deliveries are
+//! handed to a [`ConsumerSink`] while the queue lock is held; sinks must not
+//! call back into a queue from `deliver` (lock order: queue, then sink; see
+//! docs/lock-order.md).
+//!
+//! Dead-lettered messages are collected under the lock and republished
+//! after it is released, so a dead-letter cycle back into the same queue
+//! cannot deadlock.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use liebre_amqp_codec::{FieldTable, FieldValue, ShortStr};
+use parking_lot::Mutex;
+
+use crate::error::{CoreError, Result};
+use crate::message::{Clock, Delivery, Message};
+use crate::vhost::VHost;
+
+/// Receives deliveries for one consumer. Implemented by protocol front ends.
+pub trait ConsumerSink: Send + Sync {
+    /// Reserve credit for one delivery (prefetch, output backlog). Returns
+    /// false if the consumer cannot take one now; the sink must arrange for
+    /// [`Queue::kick`] to be called when it can again.
+    fn try_reserve(&self) -> bool;
+    /// Hand over a delivery for which credit was reserved. Called with the
+    /// queue lock held: must not block or call into a queue.
+    fn deliver(&self, delivery: Delivery);
+    /// The queue went away (deleted); the consumer is cancelled by the
+    /// server (AMQP `basic.cancel` to clients that asked for it).
+    fn cancelled(&self, consumer_tag: &ShortStr);
+}
+
+/// A consumer attached to a queue.
+#[derive(Clone)]
+pub struct Consumer {
+    /// Broker-wide unique id, used to detach it.
+    pub id: u64,
+    /// Its tag, as the client knows it.
+    pub tag: ShortStr,
+    /// Messages are settled on delivery (no acknowledgement expected).
+    pub no_ack: bool,
+    /// It asked to be the queue's only consumer.
+    pub exclusive: bool,
+    /// Where deliveries go.
+    pub sink: Arc<dyn ConsumerSink>,
+}
+
+/// What happens when a queue with a length limit is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest message.
+    #[default]
+    DropHead,
+    /// Refuse the new message (publisher gets a nack).
+    RejectPublish,
+    /// Refuse the new message and dead-letter it.
+    RejectPublishDlx,
+}
+
+/// The queue arguments Liebre understands, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueArgs {
+    /// `x-message-ttl`.
+    pub message_ttl: Option<Duration>,
+    /// `x-expires`: delete the queue after this long unused.
+    pub expires: Option<Duration>,
+    /// `x-max-length`.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<ShortStr>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<ShortStr>,
+}
+
+impl QueueArgs {
+    /// Validate arguments as RabbitMQ does. Arguments of features Liebre
+    /// does not have are refused with 406 rather than silently ignored;
+    /// unknown arguments are ignored, as RabbitMQ ignores them.
+    pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> Result<Self> {
+        let bad = |key: &str, why: &str| {
+            CoreError::Precondition(format!(
+                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
+            ))
+        };
+        let non_neg = |key: &str, v: &FieldValue| -> Result<u64> {
+            match v.as_i64() {
+                Some(n) if n >= 0 => Ok(n as u64),
+                Some(n) => Err(bad(key, &format!("{{value_negative,{n}}}"))),
+                None => Err(bad(key, "{unacceptable_type,not an integer}")),
+            }
+        };
+        let string = |key: &str, v: &FieldValue| -> Result<ShortStr> {
+            v.as_str()
+                .map(ShortStr::from)
+                .ok_or_else(|| bad(key, "{unacceptable_type,not a string}"))
+        };
+        let mut out = Self::default();
+        for (key, value) in args.iter() {
+            match &**key {
+                "x-message-ttl" => {
+                    out.message_ttl = Some(Duration::from_millis(non_neg(key, value)?))
+                }
+                "x-expires" => match non_neg(key, value)? {
+                    0 => return Err(bad(key, "{value_zero,0}")),
+                    n => out.expires = Some(Duration::from_millis(n)),
+                },
+                "x-max-length" => out.max_length = Some(non_neg(key, value)?),
+                "x-max-length-bytes" => out.max_length_bytes = Some(non_neg(key, value)?),
+                "x-overflow" => {
+                    out.overflow = match &*string(key, value)? {
+                        "drop-head" => Overflow::DropHead,
+                        "reject-publish" => Overflow::RejectPublish,
+                        "reject-publish-dlx" => Overflow::RejectPublishDlx,
+                        other => return Err(bad(key, &format!("{{unacceptable_value,{other}}}"))),
+                    }
+                }
+                "x-dead-letter-exchange" => out.dead_letter_exchange = Some(string(key, value)?),
+                "x-dead-letter-routing-key" => {
+                    out.dead_letter_routing_key = Some(string(key, value)?)
+                }
+                "x-queue-type" => match &*string(key, value)? {
+                    "classic" => {}
+                    other => {
+                        return Err(bad(
+                            key,
+                            &format!(
+                            "queue type '{other}' is not supported by Liebre yet; use 'classic'"
+                        ),
+                        ))
+                    }
+                },
+                // Classic queues v2 ignore the mode; accepted for compatibility.
+                "x-queue-mode" | "x-queue-version" => {}
+                "x-max-priority"
+                | "x-single-active-consumer"
+                | "x-dead-letter-strategy"
+                | "x-queue-leader-locator"
+                | "x-stream-max-segment-size-bytes"
+                | "x-max-age" => {
+                    return Err(bad(key, "not supported by Liebre yet"));
+                }
+                _ => {}
+            }
+        }
+        if out.dead_letter_routing_key.is_some() && out.dead_letter_exchange.is_none() {
+            return Err(bad(
+                "x-dead-letter-routing-key",
+                "Key x-dead-letter-exchange should be specified",
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Snapshot of a queue's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery.
+    pub messages_ready: u64,
+    /// Messages delivered and not yet acknowledged.
+    pub messages_unacknowledged: u64,
+    /// Bytes of ready message bodies.
+    pub message_bytes_ready: u64,
+    /// Attached consumers.
+    pub consumers: u32,
+    /// Messages ever enqueued.
+    pub published: u64,
+    /// Messages ever delivered (including `basic.get`).
+    pub delivered: u64,
+    /// Messages ever acknowledged.
+    pub acked: u64,
+}
+
+/// Why a message was dead-lettered (the `reason` of its `x-death` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    /// Rejected or nacked without requeue.
+    Rejected,
+    /// Its TTL ran out.
+    Expired,
+    /// Pushed out by a length limit.
+    Maxlen,
+}
+
+impl DeathReason {
+    /// The `x-death` reason string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+            Self::Maxlen => "maxlen",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    message: Arc<Message>,
+    seq: u64,
+    redelivered: bool,
+    expires_at: Option<Instant>,
+}
+
+struct State {
+    ready: VecDeque<Entry>,
+    ready_bytes: u64,
+    unacked: u64,
+    consumers: Vec<Consumer>,
+    next_consumer: usize,
+    next_seq: u64,
+    ever_consumed: bool,
+    deleted: bool,
+    last_used: Instant,
+    stats: QueueStats,
+}
+
+/// A message queue.
+pub struct Queue {
+    name: ShortStr,
+    vhost_name: String,
+    durable: bool,
+    auto_delete: bool,
+    exclusive_owner: Option<u64>,
+    arguments: FieldTable,
+    args: QueueArgs,
+    vhost: Weak<VHost>,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("vhost", &self.vhost_name)
+            .finish()
+    }
+}
+
+/// How a queue is declared.
+#[derive(Debug, Clone, Default)]
+pub struct QueueOptions {
+    /// Survives a restart.
+    pub durable: bool,
+    /// Owned by one connection (its id), deleted with it.
+    pub exclusive_owner: Option<u64>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// The declared arguments, as given.
+    pub arguments: FieldTable,
+}
+
+/// The outcome of offering a message to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Accepted.
+    Accepted,
+    /// Refused by `x-overflow: reject-publish`.
+    Rejected,
+}
+
+/// A message taken with `basic.get`.
+#[derive(Debug)]
+pub struct Got {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Its sequence number, for ack.
+    pub seq: u64,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// When it expires.
+    pub expires_at: Option<Instant>,
+    /// Messages still ready after this one.
+    pub remaining: u64,
+}
+
+/// A delivered message coming back to its queue.
+#[derive(Debug, Clone)]
+pub struct Returned {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it expires, as it was when delivered (requeue keeps it).
+    pub expires_at: Option<Instant>,
+}
+
+impl From<&Delivery> for Returned {
+    fn from(d: &Delivery) -> Self {
+        Self {
+            message: d.message.clone(),
+            seq: d.seq,
+            expires_at: d.expires_at,
+        }
+    }
+}
+
+type DeadLetters = Vec<(Arc<Message>, DeathReason)>;
+
+impl Queue {
+    pub(crate) fn new(
+        name: ShortStr,
+        vhost: &Arc<VHost>,
+        options: QueueOptions,
+        args: QueueArgs,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let now = clock.now();
+        Self {
+            name,
+            vhost_name: vhost.name().to_owned(),
+            durable: options.durable,
+            auto_delete: options.auto_delete,
+            exclusive_owner: options.exclusive_owner,
+            arguments: options.arguments,
+            args,
+            vhost: Arc::downgrade(vhost),
+            clock,
+            state: Mutex::new(State {
+                ready: VecDeque::new(),
+                ready_bytes: 0,
+                unacked: 0,
+                consumers: Vec::new(),
+                next_consumer: 0,
+                next_seq: 0,
+                ever_consumed: false,
+                deleted: false,
+                last_used: now,
+                stats: QueueStats::default(),
+            }),
+        }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &ShortStr {
+        &self.name
+    }
+
+    /// Its vhost's name.
+    pub fn vhost_name(&self) -> &str {
+        &self.vhost_name
+    }
+
+    /// Declared durable.
+    pub fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Declared auto-delete.
+    pub fn auto_delete(&self) -> bool {
+        self.auto_delete
+    }
+
+    /// The owning connection of an exclusive queue.
+    pub fn exclusive_owner(&self) -> Option<u64> {
+        self.exclusive_owner
+    }
+
+    /// The arguments as declared.
+    pub fn arguments(&self) -> &FieldTable {
+        &self.arguments
+    }
+
+    /// The validated arguments.
+    pub fn args(&self) -> &QueueArgs {
+        &self.args
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> QueueStats {
+        let st = self.state.lock();
+        QueueStats {
+            messages_ready: st.ready.len() as u64,
+            messages_unacknowledged: st.unacked,
+            message_bytes_ready: st.ready_bytes,
+            consumers: st.consumers.len() as u32,
+            ..st.stats
+        }
+    }
+
+    /// Ready message and consumer counts (for `queue.declare-ok`).
+    pub fn counts(&self) -> (u32, u32) {
+        let st = self.state.lock();
+        (st.ready.len() as u32, st.consumers.len() as u32)
+    }
+
+    /// Mark the queue as used now (for `x-expires`).
+    pub fn touch(&self) {
+        self.state.lock().last_used = self.clock.now();
+    }
+
+    /// Offer a routed message.
+    pub fn enqueue(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
+        let now = self.clock.now();
+        let mut dead = DeadLetters::new();
+        let result = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Enqueued::Accepted;
+            }
+            let size = message.body.len() as u64;
+            if self.would_overflow(&st, size) {
+                match self.args.overflow {
+                    Overflow::DropHead => {}
+                    Overflow::RejectPublish => return Enqueued::Rejected,
+                    Overflow::RejectPublishDlx => {
+                        drop(st);
+                        self.dead_letter(vec![(message, DeathReason::Maxlen)]);
+                        return Enqueued::Rejected;
+                    }
+                }
+            }
+            let ttl = match (self.args.message_ttl, message.expiration()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.stats.published += 1;
+            st.ready_bytes += size;
+            st.ready.push_back(Entry {
+                message,
+                seq,
+                redelivered: false,
+                expires_at: ttl.map(|t| now + t),
+            });
+            self.enforce_limits(&mut st, &mut dead);
+            // Deliver before expiring: with a TTL of 0 a message still
+            // reaches a consumer that can take it right now (RabbitMQ).
+            self.deliver_ready(&mut st, now, &mut dead);
+            self.expire_head(&mut st, now, &mut dead);
+            Enqueued::Accepted
+        };
+        self.dead_letter(dead);
+        result
+    }
+
+    fn would_overflow(&self, st: &State, incoming: u64) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| st.ready.len() as u64 + 1 > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| st.ready_bytes + incoming > max)
+    }
+
+    fn enforce_limits(&self, st: &mut State, dead: &mut DeadLetters) {
+        loop {
+            let over_len = self
+                .args
+                .max_length
+                .is_some_and(|max| st.ready.len() as u64 > max);
+            let over_bytes = self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| st.ready_bytes > max);
+            if !(over_len || over_bytes) {
+                return;
+            }
+            let Some(e) = st.ready.pop_front() else {
+                return;
+            };
+            st.ready_bytes -= e.message.body.len() as u64;
+            dead.push((e.message, DeathReason::Maxlen));
+        }
+    }
+
+    /// Drop expired messages at the head (RabbitMQ expires from the head only).
+    fn expire_head(&self, st: &mut State, now: Instant, dead: &mut DeadLetters) {
+        while let Some(e) = st.ready.front() {
+            if e.expires_at.is_none_or(|t| t > now) {
+                return;
+            }
+            if let Some(e) = st.ready.pop_front() {
+                st.ready_bytes -= e.message.body.len() as u64;
+                dead.push((e.message, DeathReason::Expired));
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, st: &mut State, now: Instant, dead: &mut DeadLetters) {
+        self.expire_head(st, now, dead);
+        self.deliver_ready(st, now, dead);
+    }
+
+    fn deliver_ready(self: &Arc<Self>, st: &mut State, now: Instant, dead: &mut DeadLetters) {
+        while !st.ready.is_empty() && !st.consumers.is_empty() {
+            let n = st.consumers.len();
+            let start = st.next_consumer % n;
+            let Some(idx) = (0..n)
+                .map(|i| (start + i) % n)
+                .find(|&i| st.consumers[i].sink.try_reserve())
+            else {
+                return;
+            };
+            st.next_consumer = idx + 1;
+            let Some(e) = st.ready.pop_front() else {
+                return;
+            };
+            st.ready_bytes -= e.message.body.len() as u64;
+            st.stats.delivered += 1;
+            let c = &st.consumers[idx];
+            let needs_ack = !c.no_ack;
+            let delivery = Delivery {
+                queue: self.clone(),
+                consumer_tag: c.tag.clone(),
+                message: e.message,
+                seq: e.seq,
+                redelivered: e.redelivered,
+                expires_at: e.expires_at,
+                needs_ack,
+            };
+            c.sink.deliver(delivery);
+            if needs_ack {
+                st.unacked += 1;
+            } else {
+                st.stats.acked += 1;
+            }
+            self.expire_head(st, now, dead);
+        }
+    }
+
+    /// Try to deliver again: a consumer regained credit.
+    pub fn kick(self: &Arc<Self>) {
+        let now = self.clock.now();
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            if !st.deleted {
+                self.dispatch(&mut st, now, &mut dead);
+            }
+        }
+        self.dead_letter(dead);
+    }
+
+    /// Attach a consumer.
+    pub fn add_consumer(self: &Arc<Self>, consumer: Consumer) -> Result<()> {
+        let now = self.clock.now();
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Err(CoreError::no_queue(&self.vhost_name, &self.name));
+            }
+            if st.consumers.iter().any(|c| c.exclusive)
+                || (consumer.exclusive && !st.consumers.is_empty())
+            {
+                return Err(CoreError::AccessRefused(format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.vhost_name
+                )));
+            }
+            st.consumers.push(consumer);
+            st.ever_consumed = true;
+            st.last_used = now;
+            self.dispatch(&mut st, now, &mut dead);
+        }
+        self.dead_letter(dead);
+        Ok(())
+    }
+
+    /// Detach a consumer. If it was the last one of an auto-delete queue,
+    /// the queue is deleted. Returns whether the consumer was attached.
+    pub fn remove_consumer(&self, id: u64) -> bool {
+        let auto_delete_now;
+        {
+            let mut st = self.state.lock();
+            let before = st.consumers.len();
+            st.consumers.retain(|c| c.id != id);
+            if st.consumers.len() == before {
+                return false;
+            }
+            st.last_used = self.clock.now();
+            auto_delete_now =
+                self.auto_delete && st.ever_consumed && st.consumers.is_empty() && !st.deleted;
+        }
+        if auto_delete_now {
+            if let Some(vhost) = self.vhost.upgrade() {
+                let _ = vhost.delete_queue_unchecked(&self.name);
+            }
+        }
+        true
+    }
+
+    /// Take one message (`basic.get`).
+    pub fn get(&self, no_ack: bool) -> Option<Got> {
+        let now = self.clock.now();
+        let mut dead = DeadLetters::new();
+        let got = {
+            let mut st = self.state.lock();
+            st.last_used = now;
+            self.expire_head(&mut st, now, &mut dead);
+            let e = st.ready.pop_front();
+            e.map(|e| {
+                st.ready_bytes -= e.message.body.len() as u64;
+                st.stats.delivered += 1;
+                if no_ack {
+                    st.stats.acked += 1;
+                } else {
+                    st.unacked += 1;
+                }
+                Got {
+                    message: e.message,
+                    seq: e.seq,
+                    redelivered: e.redelivered,
+                    expires_at: e.expires_at,
+                    remaining: st.ready.len() as u64,
+                }
+            })
+        };
+        self.dead_letter(dead);
+        got
+    }
+
+    /// Settle delivered messages as acknowledged.
+    pub fn ack(&self, count: u64) {
+        let mut st = self.state.lock();
+        st.unacked = st.unacked.saturating_sub(count);
+        st.stats.acked += count;
+    }
+
+    /// Put delivered messages back, in queue order, marked redelivered.
+    pub fn requeue(self: &Arc<Self>, mut returned: Vec<Returned>) {
+        if returned.is_empty() {
+            return;
+        }
+        returned.sort_by_key(|r| r.seq);
+        let now = self.clock.now();
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            st.unacked = st.unacked.saturating_sub(returned.len() as u64);
+            if st.deleted {
+                return;
+            }
+            // Messages come back to where they were: before every ready
+            // message that was published after them.
+            for r in returned.into_iter().rev() {
+                let pos = st.ready.partition_point(|e| e.seq < r.seq);
+                st.ready_bytes += r.message.body.len() as u64;
+                st.ready.insert(
+                    pos,
+                    Entry {
+                        message: r.message,
+                        seq: r.seq,
+                        redelivered: true,
+                        expires_at: r.expires_at,
+                    },
+                );
+            }
+            self.enforce_limits(&mut st, &mut dead);
+            self.dispatch(&mut st, now, &mut dead);
+        }
+        self.dead_letter(dead);
+    }
+
+    /// Settle delivered messages as rejected without requeue: they are
+    /// dead-lettered if the queue has a dead-letter exchange, else dropped.
+    pub fn reject(&self, returned: Vec<Returned>) {
+        {
+            let mut st = self.state.lock();
+            st.unacked = st.unacked.saturating_sub(returned.len() as u64);
+        }
+        self.dead_letter(
+            returned
+                .into_iter()
+                .map(|r| (r.message, DeathReason::Rejected))
+                .collect(),
+        );
+    }
+
+    /// Drop every ready message; returns how many.
+    pub fn purge(&self) -> u32 {
+        let mut st = self.state.lock();
+        let n = st.ready.len();
+        st.ready.clear();
+        st.ready_bytes = 0;
+        n as u32
+    }
+
+    /// Periodic work: expire messages at the head even with no consumer,
+    /// and report whether the queue has been unused past `x-expires`.
+    pub fn tick(&self) -> bool {
+        let now = self.clock.now();
+        let mut dead = DeadLetters::new();
+        let expired_queue = {
+            let mut st = self.state.lock();
+            self.expire_head(&mut st, now, &mut dead);
+            self.args
+                .expires
+                .is_some_and(|e| st.consumers.is_empty() && now.duration_since(st.last_used) >= e)
+        };
+        self.dead_letter(dead);
+        expired_queue
+    }
+
+    /// Mark deleted and detach consumers; returns the consumers to notify
+    /// and the number of ready messages dropped.
+    pub(crate) fn mark_deleted(&self) -> (Vec<Consumer>, u32) {
+        let mut st = self.state.lock();
+        st.deleted = true;
+        let n = st.ready.len() as u32;
+        st.ready.clear();
+        st.ready_bytes = 0;
+        (std::mem::take(&mut st.consumers), n)
+    }
+
+    /// Whether the queue was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.state.lock().deleted
+    }
+
+    fn dead_letter(&self, dead: DeadLetters) {
+        if dead.is_empty() {
+            return;
+        }
+        let Some(dlx) = &self.args.dead_letter_exchange else {
+            return;
+        };
+        let Some(vhost) = self.vhost.upgrade() else {
+            return;
+        };
+        for (message, reason) in dead {
+            vhost.dead_letter(
+                self,
+                dlx,
+                self.args.dead_letter_routing_key.as_ref(),
+                &message,
+                reason,
+            );
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Server configuration: defaults < TOML file < `LIEBRE_*` environment <
+//! command-line flags.
+//!
+//! The flags and the environment are read by clap (`ServerArgs`); the file
+//! by serde (`FileConfig`, unknown keys refused). [`Config::resolve`] lays
+//! them over the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// `liebre server` flags. Each is also a `LIEBRE_*` environment variable
+/// and a key of the TOML file given with `--config`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "LIEBRE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where durable data lives [default: ./liebre-data].
+    #[arg(long, env = "LIEBRE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// AMQP 0-9-1 listener; repeat for several [default: [::]:5672, all interfaces, IPv4 and IPv6].
+    #[arg(
+        long,
+        env = "LIEBRE_AMQP",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub amqp: Vec<SocketAddr>,
+    /// MQTT listener; repeat for several [default: [::]:1883] (MQTT support is not built yet: reserved).
+    #[arg(
+        long,
+        env = "LIEBRE_MQTT",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub mqtt: Vec<SocketAddr>,
+    /// MQTT over WebSocket listener [default: 0.0.0.0:9001] (reserved).
+    #[arg(
+        long = "mqtt-ws",
+        env = "LIEBRE_MQTT_WS",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub mqtt_ws: Vec<SocketAddr>,
+    /// Management HTTP listener [default: [::]:15672] (reserved).
+    #[arg(
+        long,
+        env = "LIEBRE_HTTP",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub http: Vec<SocketAddr>,
+    /// Heartbeat interval proposed to AMQP clients, in seconds (0 disables) [default: 60].
+    #[arg(long, env = "LIEBRE_HEARTBEAT", value_name = "SECONDS")]
+    pub heartbeat: Option<u16>,
+    /// Largest AMQP frame, in bytes [default: 131072].
+    #[arg(long, env = "LIEBRE_FRAME_MAX", value_name = "BYTES")]
+    pub frame_max: Option<u32>,
+    /// Highest AMQP channel number [default: 2047].
+    #[arg(long, env = "LIEBRE_CHANNEL_MAX", value_name = "N")]
+    pub channel_max: Option<u16>,
+}
+
+/// The TOML file's shape; every key optional, unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// See `--amqp`.
+    pub amqp: Option<Vec<SocketAddr>>,
+    /// See `--mqtt`.
+    pub mqtt: Option<Vec<SocketAddr>>,
+    /// See `--mqtt-ws`.
+    pub mqtt_ws: Option<Vec<SocketAddr>>,
+    /// See `--http`.
+    pub http: Option<Vec<SocketAddr>>,
+    /// See `--heartbeat`.
+    pub heartbeat: Option<u16>,
+    /// See `--frame-max`.
+    pub frame_max: Option<u32>,
+    /// See `--channel-max`.
+    pub channel_max: Option<u16>,
+    /// Users that may only log in from loopback (default `["guest"]`).
+    pub loopback_users: Option<Vec<String>>,
+}
+
+/// The documented example configuration, embedded so a test can check
+/// that it parses.
+pub const EXAMPLE_CONFIG: &str = include_str!("../liebre.example.toml");
+
+/// Where a listener binds; `Default` means "all interfaces, IPv6 and IPv4
+/// if the host has IPv6, else IPv4 only".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// All interfaces on this port.
+    Default(u16),
+    /// Exactly these addresses.
+    Addrs(Vec<SocketAddr>),
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// AMQP listeners.
+    pub amqp: Listen,
+    /// MQTT listeners (reserved).
+    pub mqtt: Listen,
+    /// MQTT over WebSocket listeners (reserved).
+    pub mqtt_ws: Listen,
+    /// HTTP listeners (reserved).
+    pub http: Listen,
+    /// AMQP limits.
+    pub amqp_limits: liebre_amqp::AmqpConfig,
+    /// Loopback-only users.
+    pub loopback_users: Vec<String>,
+    /// How long shutdown waits for clients to close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("liebre-data"),
+            amqp: Listen::Default(5672),
+            mqtt: Listen::Default(1883),
+            mqtt_ws: Listen::Default(9001),
+            http: Listen::Default(15672),
+            amqp_limits: liebre_amqp::AmqpConfig::default(),
+            loopback_users: vec!["guest".into()],
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: every listener on an ephemeral loopback
+    /// port, data in `data_dir`.
+    pub fn ephemeral(data_dir: impl AsRef<Path>) -> Self {
+        let lo: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self {
+            data_dir: data_dir.as_ref().to_owned(),
+            amqp: Listen::Addrs(vec![lo]),
+            mqtt: Listen::Addrs(vec![lo]),
+            mqtt_ws: Listen::Addrs(vec![lo]),
+            http: Listen::Addrs(vec![lo]),
+            ..Self::default()
+        }
+    }
+
+    /// Lay the file (if any) and then the flags/environment over the defaults.
+    pub fn resolve(args: &ServerArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading configuration file {}", path.display()))?;
+                parse_file(&text)
+                    .with_context(|| format!("in configuration file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut c = Self::default();
+        let pick = |flag: &Vec<SocketAddr>, file: Option<Vec<SocketAddr>>, default: Listen| {
+            if !flag.is_empty() {
+                Listen::Addrs(flag.clone())
+            } else if let Some(v) = file {
+                Listen::Addrs(v)
+            } else {
+                default
+            }
+        };
+        c.amqp = pick(&args.amqp, file.amqp, c.amqp);
+        c.mqtt = pick(&args.mqtt, file.mqtt, c.mqtt);
+        c.mqtt_ws = pick(&args.mqtt_ws, file.mqtt_ws, c.mqtt_ws);
+        c.http = pick(&args.http, file.http, c.http);
+        if let Some(d) = args.data_dir.clone().or(file.data_dir) {
+            c.data_dir = d;
+        }
+        if let Some(h) = args.heartbeat.or(file.heartbeat) {
+            c.amqp_limits.heartbeat = h;
+        }
+        if let Some(f) = args.frame_max.or(file.frame_max) {
+            anyhow::ensure!(f >= 4096, "frame_max must be at least 4096 bytes, got {f}");
+            c.amqp_limits.frame_max = f;
+        }
+        if let Some(n) = args.channel_max.or(file.channel_max) {
+            c.amqp_limits.channel_max = n;
+        }
+        if let Some(u) = file.loopback_users {
+            c.loopback_users = u;
+        }
+        Ok(c)
+    }
+}
+
+/// Parse a TOML configuration.
+pub fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
+    Ok(toml::from_str(text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let f = parse_file(EXAMPLE_CONFIG).unwrap();
+        assert!(f.amqp.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = parse_file("amqp = [\"127.0.0.1:5672\"]\nbogus = 1\n").unwrap_err();
+        assert!(format!("{err:#}").contains("bogus"), "{err:#}");
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = std::env::temp_dir().join(format!("liebre-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("liebre.toml");
+        std::fs::write(
+            &path,
+            "amqp = [\"127.0.0.1:6000\"]\nheartbeat = 10\ndata_dir = \"from-file\"\n",
+        )
+        .unwrap();
+        let args = ServerArgs {
+            config: Some(path),
+            heartbeat: Some(5),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(
+            c.amqp,
+            Listen::Addrs(vec!["127.0.0.1:6000".parse().unwrap()])
+        );
+        assert_eq!(c.amqp_limits.heartbeat, 5);
+        assert_eq!(c.data_dir, PathBuf::from("from-file"));
+        assert_eq!(c.mqtt, Listen::Default(1883));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

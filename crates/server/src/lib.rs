@@ -1,0 +1,159 @@
+//! Liebre's server: listeners, per-connection tasks, periodic work and
+//! shutdown. Protocol logic lives in the sans-IO crates; each task here
+//! only moves bytes between a socket and a state machine.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and TOML file.
+//! - [`amqp`]: the AMQP listener and connection task.
+//! - [`Server`]: starts everything, and stops it on request: listeners
+//!   close, every client is told (AMQP `connection.close` 320), tasks are
+//!   given a grace period.
+
+pub mod amqp;
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use liebre_auth::AuthStore;
+use liebre_core::Broker;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use config::{Config, Listen, ServerArgs};
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Server {
+    broker: Arc<Broker>,
+    auth: Arc<AuthStore>,
+    amqp_addrs: Vec<SocketAddr>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+impl Server {
+    /// Bind every listener and start serving. Fails if a port cannot be bound.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let broker = Arc::new(Broker::default());
+        let auth = Arc::new(AuthStore::default());
+        auth.set_loopback_users(config.loopback_users.clone());
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        let ctx = Arc::new(liebre_amqp::Context {
+            broker: broker.clone(),
+            auth: auth.clone(),
+            config: config.amqp_limits.clone(),
+        });
+        let listeners = bind_all(&config.amqp)
+            .await
+            .context("binding the AMQP listener")?;
+        let mut amqp_addrs = Vec::new();
+        for l in listeners {
+            let addr = l.local_addr()?;
+            info!(message = "AMQP listener started.", %addr);
+            amqp_addrs.push(addr);
+            tracker.spawn(amqp::accept_loop(
+                l,
+                ctx.clone(),
+                token.clone(),
+                tracker.clone(),
+            ));
+        }
+        tracker.spawn(tick_loop(broker.clone(), token.clone()));
+        Ok(Self {
+            broker,
+            auth,
+            amqp_addrs,
+            token,
+            tracker,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The routing core.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// The user database.
+    pub fn auth(&self) -> &Arc<AuthStore> {
+        &self.auth
+    }
+
+    /// Where AMQP listens (ports resolved).
+    pub fn amqp_addrs(&self) -> &[SocketAddr] {
+        &self.amqp_addrs
+    }
+
+    /// Resolves once shutdown has been requested.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// Stop: close listeners, tell clients, wait up to the grace period.
+    pub async fn shutdown(self) {
+        info!(message = "Shutting down.", connections = self.tracker.len());
+        self.token.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(message = "Some connections did not close within the grace period.");
+        }
+        info!(message = "Stopped.");
+    }
+}
+
+async fn bind_all(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
+    match listen {
+        Listen::Addrs(addrs) => {
+            let mut out = Vec::new();
+            for a in addrs {
+                out.push(
+                    TcpListener::bind(a)
+                        .await
+                        .with_context(|| format!("binding {a}"))?,
+                );
+            }
+            Ok(out)
+        }
+        Listen::Default(port) => {
+            // `[::]` takes IPv4 too on a dual-stack host; hosts without
+            // IPv6 get the IPv4 wildcard.
+            let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, *port).into();
+            match TcpListener::bind(v6).await {
+                Ok(l) => Ok(vec![l]),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    Err(e).with_context(|| format!("binding {v6}"))
+                }
+                Err(_) => {
+                    let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, *port).into();
+                    Ok(vec![TcpListener::bind(v4)
+                        .await
+                        .with_context(|| format!("binding {v4}"))?])
+                }
+            }
+        }
+    }
+}
+
+async fn tick_loop(broker: Arc<Broker>, token: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = every.tick() => broker.tick(),
+        }
+    }
+}
