@@ -80,6 +80,8 @@ pub struct QueueArgs {
     pub dead_letter_exchange: Option<ShortStr>,
     /// `x-dead-letter-routing-key`.
     pub dead_letter_routing_key: Option<ShortStr>,
+    /// `x-max-priority`: message priorities 0..=this are honoured.
+    pub max_priority: Option<u8>,
 }
 
 impl QueueArgs {
@@ -141,8 +143,11 @@ impl QueueArgs {
                 },
                 // Classic queues v2 ignore the mode; accepted for compatibility.
                 "x-queue-mode" | "x-queue-version" => {}
-                "x-max-priority"
-                | "x-single-active-consumer"
+                "x-max-priority" => match non_neg(key, value)? {
+                    n @ 0..=255 => out.max_priority = Some(n as u8),
+                    n => return Err(bad(key, &format!("{{value_too_large,{n}}}"))),
+                },
+                "x-single-active-consumer"
                 | "x-dead-letter-strategy"
                 | "x-queue-leader-locator"
                 | "x-stream-max-segment-size-bytes"
@@ -211,9 +216,76 @@ struct Entry {
     expires_at: Option<Instant>,
 }
 
+/// Ready messages: one FIFO per priority level (one level unless the
+/// queue was declared with `x-max-priority`), highest level served first.
+#[derive(Debug)]
+struct Ready {
+    levels: Vec<VecDeque<Entry>>,
+    len: usize,
+    bytes: u64,
+}
+
+impl Ready {
+    fn new(max_priority: u8) -> Self {
+        Self {
+            levels: (0..=max_priority).map(|_| VecDeque::new()).collect(),
+            len: 0,
+            bytes: 0,
+        }
+    }
+
+    fn level(&self, e: &Entry) -> usize {
+        let max = self.levels.len() - 1;
+        usize::from(e.message.properties.priority.unwrap_or(0)).min(max)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push_back(&mut self, e: Entry) {
+        let l = self.level(&e);
+        self.len += 1;
+        self.bytes += e.message.body.len() as u64;
+        self.levels[l].push_back(e);
+    }
+
+    /// Put a message back where its sequence number says it belongs.
+    fn insert_by_seq(&mut self, e: Entry) {
+        let l = self.level(&e);
+        let level = &mut self.levels[l];
+        let pos = level.partition_point(|x| x.seq < e.seq);
+        self.len += 1;
+        self.bytes += e.message.body.len() as u64;
+        level.insert(pos, e);
+    }
+
+    fn front(&self) -> Option<&Entry> {
+        self.levels.iter().rev().find_map(|l| l.front())
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let e = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
+        self.len -= 1;
+        self.bytes -= e.message.body.len() as u64;
+        Some(e)
+    }
+
+    fn clear(&mut self) -> usize {
+        let n = self.len;
+        self.levels.iter_mut().for_each(VecDeque::clear);
+        self.len = 0;
+        self.bytes = 0;
+        n
+    }
+}
+
 struct State {
-    ready: VecDeque<Entry>,
-    ready_bytes: u64,
+    ready: Ready,
     unacked: u64,
     consumers: Vec<Consumer>,
     next_consumer: usize,
@@ -316,6 +388,7 @@ impl Queue {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let now = clock.now();
+        let ready = Ready::new(args.max_priority.unwrap_or(0));
         Self {
             name,
             vhost_name: vhost.name().to_owned(),
@@ -327,8 +400,7 @@ impl Queue {
             vhost: Arc::downgrade(vhost),
             clock,
             state: Mutex::new(State {
-                ready: VecDeque::new(),
-                ready_bytes: 0,
+                ready,
                 unacked: 0,
                 consumers: Vec::new(),
                 next_consumer: 0,
@@ -382,7 +454,7 @@ impl Queue {
         QueueStats {
             messages_ready: st.ready.len() as u64,
             messages_unacknowledged: st.unacked,
-            message_bytes_ready: st.ready_bytes,
+            message_bytes_ready: st.ready.bytes,
             consumers: st.consumers.len() as u32,
             ..st.stats
         }
@@ -427,7 +499,6 @@ impl Queue {
             let seq = st.next_seq;
             st.next_seq += 1;
             st.stats.published += 1;
-            st.ready_bytes += size;
             st.ready.push_back(Entry {
                 message,
                 seq,
@@ -452,7 +523,7 @@ impl Queue {
             || self
                 .args
                 .max_length_bytes
-                .is_some_and(|max| st.ready_bytes + incoming > max)
+                .is_some_and(|max| st.ready.bytes + incoming > max)
     }
 
     fn enforce_limits(&self, st: &mut State, dead: &mut DeadLetters) {
@@ -464,14 +535,13 @@ impl Queue {
             let over_bytes = self
                 .args
                 .max_length_bytes
-                .is_some_and(|max| st.ready_bytes > max);
+                .is_some_and(|max| st.ready.bytes > max);
             if !(over_len || over_bytes) {
                 return;
             }
             let Some(e) = st.ready.pop_front() else {
                 return;
             };
-            st.ready_bytes -= e.message.body.len() as u64;
             dead.push((e.message, DeathReason::Maxlen));
         }
     }
@@ -483,7 +553,6 @@ impl Queue {
                 return;
             }
             if let Some(e) = st.ready.pop_front() {
-                st.ready_bytes -= e.message.body.len() as u64;
                 dead.push((e.message, DeathReason::Expired));
             }
         }
@@ -508,7 +577,6 @@ impl Queue {
             let Some(e) = st.ready.pop_front() else {
                 return;
             };
-            st.ready_bytes -= e.message.body.len() as u64;
             st.stats.delivered += 1;
             let c = &st.consumers[idx];
             let needs_ack = !c.no_ack;
@@ -603,7 +671,6 @@ impl Queue {
             self.expire_head(&mut st, now, &mut dead);
             let e = st.ready.pop_front();
             e.map(|e| {
-                st.ready_bytes -= e.message.body.len() as u64;
                 st.stats.delivered += 1;
                 if no_ack {
                     st.stats.acked += 1;
@@ -647,17 +714,12 @@ impl Queue {
             // Messages come back to where they were: before every ready
             // message that was published after them.
             for r in returned.into_iter().rev() {
-                let pos = st.ready.partition_point(|e| e.seq < r.seq);
-                st.ready_bytes += r.message.body.len() as u64;
-                st.ready.insert(
-                    pos,
-                    Entry {
-                        message: r.message,
-                        seq: r.seq,
-                        redelivered: true,
-                        expires_at: r.expires_at,
-                    },
-                );
+                st.ready.insert_by_seq(Entry {
+                    message: r.message,
+                    seq: r.seq,
+                    redelivered: true,
+                    expires_at: r.expires_at,
+                });
             }
             self.enforce_limits(&mut st, &mut dead);
             self.dispatch(&mut st, now, &mut dead);
@@ -683,10 +745,7 @@ impl Queue {
     /// Drop every ready message; returns how many.
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
-        let n = st.ready.len();
-        st.ready.clear();
-        st.ready_bytes = 0;
-        n as u32
+        st.ready.clear() as u32
     }
 
     /// Periodic work: expire messages at the head even with no consumer,
@@ -710,9 +769,7 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> (Vec<Consumer>, u32) {
         let mut st = self.state.lock();
         st.deleted = true;
-        let n = st.ready.len() as u32;
-        st.ready.clear();
-        st.ready_bytes = 0;
+        let n = st.ready.clear() as u32;
         (std::mem::take(&mut st.consumers), n)
     }
 

@@ -738,6 +738,8 @@ fn differing_arg(a: &QueueArgs, b: &QueueArgs) -> &'static str {
         "x-overflow"
     } else if a.dead_letter_exchange != b.dead_letter_exchange {
         "x-dead-letter-exchange"
+    } else if a.max_priority != b.max_priority {
+        "x-max-priority"
     } else {
         "x-dead-letter-routing-key"
     }
@@ -1102,7 +1104,10 @@ mod tests {
             .unwrap();
         assert!(named.name().starts_with("amq.gen-"), "{}", named.name());
         let mut bad = FieldTable::default();
-        bad.insert(ShortStr::from("x-max-priority"), FieldValue::I32(10));
+        bad.insert(
+            ShortStr::from("x-single-active-consumer"),
+            FieldValue::Bool(true),
+        );
         let err = v
             .declare_queue(
                 "prio",
@@ -1197,5 +1202,53 @@ mod tests {
         v.bind_exchange("main", "mirror", "#", FieldTable::default())
             .unwrap();
         assert_eq!(routed("order"), ["audit", "orders"]);
+    }
+
+    #[test]
+    fn priority_queue_serves_highest_first_and_requeues_in_place() {
+        let (_, v) = setup();
+        let mut args = FieldTable::default();
+        args.insert(ShortStr::from("x-max-priority"), FieldValue::I32(5));
+        let q = v
+            .declare_queue(
+                "prio",
+                QueueOptions {
+                    arguments: args,
+                    ..Default::default()
+                },
+                false,
+                1,
+            )
+            .unwrap();
+        for (body, prio) in [
+            ("low", Some(1)),
+            ("none", None),
+            ("high", Some(5)),
+            ("over", Some(200)),
+            ("low2", Some(1)),
+        ] {
+            let props = liebre_amqp_codec::BasicProperties {
+                priority: prio,
+                ..Default::default()
+            };
+            let m = Message::with_properties(
+                ShortStr::from(""),
+                ShortStr::from("prio"),
+                props,
+                Bytes::from(body),
+            );
+            v.publish("", Arc::new(m)).unwrap();
+        }
+        let high = q.get(false).unwrap();
+        assert_eq!(&high.message.body[..], b"high");
+        q.requeue(vec![Returned {
+            message: high.message,
+            seq: high.seq,
+            expires_at: None,
+        }]);
+        let order: Vec<String> = std::iter::from_fn(|| q.get(true))
+            .map(|g| String::from_utf8_lossy(&g.message.body).into_owned())
+            .collect();
+        assert_eq!(order, ["high", "over", "low", "low2", "none"]);
     }
 }
