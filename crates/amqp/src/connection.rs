@@ -23,8 +23,9 @@ use tracing::debug;
 use crate::channel::{
     BodyParts, Channel, ChannelState, Mode, PendingPublish, TxPublish, TxSettle, Unacked,
 };
-use crate::consumer::{AmqpConsumer, ConsumerSpec, OutEvent, Outbox, Wake};
+use crate::consumer::{AmqpConsumer, ConsumerSpec, OutEvent, Outbox};
 use crate::error::{AmqpError, Scope};
+use liebre_core::Wake;
 
 /// Limits and defaults a connection negotiates with.
 #[derive(Debug, Clone)]
@@ -1312,13 +1313,9 @@ impl Connection {
                 c.write_ok.push(p.exchange.clone());
             }
         }
-        let message = Arc::new(Message::new(
-            p.exchange.clone(),
-            p.routing_key,
-            properties,
-            raw,
-            body,
-        ));
+        let mut message = Message::new(p.exchange.clone(), p.routing_key, properties, raw, body);
+        message.origin = self.id;
+        let message = Arc::new(message);
         let c = self.channel_mut(ch)?;
         if c.mode == Mode::Tx {
             if vhost.exchange(&p.exchange).is_none() && !p.exchange.is_empty() {

@@ -1,26 +1,12 @@
-//! The bridge from queues to one AMQP connection: a bounded outbox of
-//! deliveries and the credit each consumer has.
-//!
-//! Queues call [`ConsumerSink`] from whichever task is running them (a
-//! publisher's, or this connection's own on an ack). A delivery is pushed
-//! into the connection's [`Outbox`] and the connection task is woken once;
-//! the task drains the outbox, assigns delivery tags and writes everything
-//! in one go. No message costs a task hop of its own.
+//! The bridge from queues to one AMQP connection: the credit each
+//! consumer has, and the events it leaves in the connection's
+//! [`liebre_core::Outbox`].
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
 use liebre_amqp_codec::ShortStr;
 use liebre_core::{ConsumerSink, Delivery, Queue};
-use parking_lot::Mutex;
-
-/// Wakes the task that owns a connection. The server implements it over a
-/// tokio `Notify`; tests can count calls.
-pub trait Wake: Send + Sync {
-    /// Make the connection task run soon.
-    fn wake(&self);
-}
 
 /// Something for the connection task to write.
 #[derive(Debug)]
@@ -43,81 +29,8 @@ pub enum OutEvent {
     },
 }
 
-/// A connection's pending deliveries. Bounded: a consumer without credit
-/// limits (no-ack, or prefetch 0) stops receiving when the outbox holds
-/// `max_len` deliveries or `max_bytes` of bodies, and is kicked again
-/// once the connection has written them.
-pub struct Outbox {
-    events: Mutex<VecDeque<OutEvent>>,
-    len: AtomicUsize,
-    bytes: AtomicUsize,
-    max_len: usize,
-    max_bytes: usize,
-    waker: Arc<dyn Wake>,
-}
-
-impl std::fmt::Debug for Outbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbox").field("len", &self.len).finish()
-    }
-}
-
-impl Outbox {
-    /// An empty outbox waking `waker`.
-    pub fn new(waker: Arc<dyn Wake>, max_len: usize, max_bytes: usize) -> Self {
-        Self {
-            events: Mutex::new(VecDeque::new()),
-            len: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(0),
-            max_len,
-            max_bytes,
-            waker,
-        }
-    }
-
-    fn is_full(&self) -> bool {
-        self.len.load(Ordering::Relaxed) >= self.max_len
-            || self.bytes.load(Ordering::Relaxed) >= self.max_bytes
-    }
-
-    /// Whether anything is waiting (no lock taken).
-    pub fn is_empty(&self) -> bool {
-        self.len.load(Ordering::Acquire) == 0
-    }
-
-    fn push(&self, event: OutEvent) {
-        let size = match &event {
-            OutEvent::Deliver { delivery, .. } => delivery.message.body.len(),
-            OutEvent::Cancel { .. } => 0,
-        };
-        let was_empty = {
-            let mut ev = self.events.lock();
-            ev.push_back(event);
-            ev.len() == 1
-        };
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        self.len.fetch_add(1, Ordering::Release);
-        // One wake-up per batch: the task drains everything when it runs.
-        if was_empty {
-            self.waker.wake();
-        }
-    }
-
-    /// Take everything queued so far.
-    pub fn drain(&self) -> VecDeque<OutEvent> {
-        let taken = std::mem::take(&mut *self.events.lock());
-        self.len.fetch_sub(taken.len(), Ordering::Release);
-        let bytes: usize = taken
-            .iter()
-            .map(|e| match e {
-                OutEvent::Deliver { delivery, .. } => delivery.message.body.len(),
-                OutEvent::Cancel { .. } => 0,
-            })
-            .sum();
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        taken
-    }
-}
+/// An AMQP connection's outbox.
+pub type Outbox = liebre_core::Outbox<OutEvent>;
 
 /// Credit shared by the consumers of one channel: the `global` prefetch
 /// of `basic.qos` and the channel's flow state.
@@ -270,17 +183,24 @@ impl ConsumerSink for AmqpConsumer {
         let Some(me) = self.me.upgrade() else {
             return;
         };
-        self.outbox.push(OutEvent::Deliver {
-            channel: self.channel,
-            delivery,
-            consumer: me,
-        });
+        let size = delivery.message.body.len();
+        self.outbox.push(
+            OutEvent::Deliver {
+                channel: self.channel,
+                delivery,
+                consumer: me,
+            },
+            size,
+        );
     }
 
     fn cancelled(&self, consumer_tag: &ShortStr) {
-        self.outbox.push(OutEvent::Cancel {
-            channel: self.channel,
-            consumer_tag: consumer_tag.clone(),
-        });
+        self.outbox.push(
+            OutEvent::Cancel {
+                channel: self.channel,
+                consumer_tag: consumer_tag.clone(),
+            },
+            0,
+        );
     }
 }

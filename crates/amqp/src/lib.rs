@@ -19,5 +19,5 @@ pub mod consumer;
 pub mod error;
 
 pub use connection::{AmqpConfig, Connection, Context};
-pub use consumer::Wake;
 pub use error::{AmqpError, Scope};
+pub use liebre_core::Wake;

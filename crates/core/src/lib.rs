@@ -14,12 +14,16 @@
 //! - [`topic`]: the topic trie (AMQP topic exchanges, MQTT filters).
 //! - [`queue`]: ready/unacked messages, consumers, TTL, length limits.
 //! - [`message`]: the shared message, deliveries, clocks.
+//! - [`outbox`]: a connection's bounded inbox of deliveries.
+//! - [`retained`]: retained messages per topic (MQTT).
 
 pub mod broker;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod outbox;
 pub mod queue;
+pub mod retained;
 pub mod topic;
 pub mod vhost;
 
@@ -27,6 +31,7 @@ pub use broker::Broker;
 pub use error::{CoreError, Result};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 pub use message::{Clock, Delivery, ManualClock, Message, SystemClock};
+pub use outbox::{Outbox, Wake};
 pub use queue::{
     Consumer, ConsumerSink, Got, Queue, QueueArgs, QueueOptions, QueueStats, Returned,
 };

@@ -25,6 +25,9 @@ pub struct Message {
     pub raw_properties: Bytes,
     /// The body, a slice of the publisher's read buffer.
     pub body: Bytes,
+    /// The connection that published it (0 if none): MQTT's No Local
+    /// option compares it with the subscriber's connection.
+    pub origin: u64,
 }
 
 impl Message {
@@ -42,6 +45,7 @@ impl Message {
             properties,
             raw_properties,
             body,
+            origin: 0,
         }
     }
 

@@ -47,6 +47,7 @@ pub struct VHost {
     clock: Arc<dyn Clock>,
     exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortStr, Arc<Queue>>>,
+    retained: crate::retained::Retained,
 }
 
 impl std::fmt::Debug for VHost {
@@ -75,12 +76,23 @@ impl VHost {
             clock,
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
+            retained: Default::default(),
         })
     }
 
     /// The vhost's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Retained messages (MQTT).
+    pub fn retained(&self) -> &crate::retained::Retained {
+        &self.retained
+    }
+
+    /// The clock this vhost reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     // ---- exchanges -------------------------------------------------------

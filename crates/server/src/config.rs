@@ -30,7 +30,7 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub amqp: Vec<SocketAddr>,
-    /// MQTT listener; repeat for several [default: [::]:1883] (MQTT support is not built yet: reserved).
+    /// MQTT listener; repeat for several [default: [::]:1883, all interfaces, IPv4 and IPv6].
     #[arg(
         long,
         env = "LIEBRE_MQTT",
@@ -38,7 +38,7 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub mqtt: Vec<SocketAddr>,
-    /// MQTT over WebSocket listener [default: 0.0.0.0:9001] (reserved).
+    /// MQTT over WebSocket listener, paths /mqtt and /ws [default: 0.0.0.0:9001].
     #[arg(
         long = "mqtt-ws",
         env = "LIEBRE_MQTT_WS",
@@ -63,6 +63,12 @@ pub struct ServerArgs {
     /// Highest AMQP channel number [default: 2047].
     #[arg(long, env = "LIEBRE_CHANNEL_MAX", value_name = "N")]
     pub channel_max: Option<u16>,
+    /// Longest MQTT keepalive accepted, seconds; longer ones are cut (MQTT 5: Server Keep Alive) [default: 65535].
+    #[arg(long, env = "LIEBRE_MQTT_MAX_KEEPALIVE", value_name = "SECONDS")]
+    pub mqtt_max_keepalive: Option<u16>,
+    /// Refuse MQTT clients that send no username (otherwise they are `guest`, loopback only) [default: false].
+    #[arg(long, env = "LIEBRE_MQTT_NO_ANONYMOUS")]
+    pub mqtt_no_anonymous: bool,
 }
 
 /// The TOML file's shape; every key optional, unknown keys are an error.
@@ -87,6 +93,14 @@ pub struct FileConfig {
     pub channel_max: Option<u16>,
     /// Users that may only log in from loopback (default `["guest"]`).
     pub loopback_users: Option<Vec<String>>,
+    /// See `--mqtt-max-keepalive`.
+    pub mqtt_max_keepalive: Option<u16>,
+    /// `false` is `--mqtt-no-anonymous`.
+    pub mqtt_allow_anonymous: Option<bool>,
+    /// QoS 1/2 messages held for one offline MQTT session (oldest dropped first).
+    pub mqtt_max_queued_messages: Option<u32>,
+    /// Receive Maximum advertised to MQTT 5 clients.
+    pub mqtt_receive_maximum: Option<u16>,
 }
 
 /// The documented example configuration, embedded so a test can check
@@ -110,14 +124,16 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// AMQP listeners.
     pub amqp: Listen,
-    /// MQTT listeners (reserved).
+    /// MQTT listeners.
     pub mqtt: Listen,
-    /// MQTT over WebSocket listeners (reserved).
+    /// MQTT over WebSocket listeners.
     pub mqtt_ws: Listen,
     /// HTTP listeners (reserved).
     pub http: Listen,
     /// AMQP limits.
     pub amqp_limits: liebre_amqp::AmqpConfig,
+    /// MQTT limits and policies.
+    pub mqtt_limits: liebre_mqtt::MqttConfig,
     /// Loopback-only users.
     pub loopback_users: Vec<String>,
     /// How long shutdown waits for clients to close.
@@ -130,9 +146,10 @@ impl Default for Config {
             data_dir: PathBuf::from("liebre-data"),
             amqp: Listen::Default(5672),
             mqtt: Listen::Default(1883),
-            mqtt_ws: Listen::Default(9001),
+            mqtt_ws: Listen::Addrs(vec![([0, 0, 0, 0], 9001).into()]),
             http: Listen::Default(15672),
             amqp_limits: liebre_amqp::AmqpConfig::default(),
+            mqtt_limits: liebre_mqtt::MqttConfig::default(),
             loopback_users: vec!["guest".into()],
             shutdown_grace: Duration::from_secs(5),
         }
@@ -195,6 +212,19 @@ impl Config {
         if let Some(u) = file.loopback_users {
             c.loopback_users = u;
         }
+        if let Some(k) = args.mqtt_max_keepalive.or(file.mqtt_max_keepalive) {
+            c.mqtt_limits.max_keepalive = k;
+        }
+        if args.mqtt_no_anonymous || file.mqtt_allow_anonymous == Some(false) {
+            c.mqtt_limits.allow_anonymous = false;
+        }
+        if let Some(n) = file.mqtt_max_queued_messages {
+            c.mqtt_limits.max_queued_messages = n;
+        }
+        if let Some(n) = file.mqtt_receive_maximum {
+            anyhow::ensure!(n > 0, "mqtt_receive_maximum must be at least 1");
+            c.mqtt_limits.receive_maximum = n;
+        }
         Ok(c)
     }
 }
@@ -243,6 +273,7 @@ mod tests {
         assert_eq!(c.amqp_limits.heartbeat, 5);
         assert_eq!(c.data_dir, PathBuf::from("from-file"));
         assert_eq!(c.mqtt, Listen::Default(1883));
+        assert!(c.mqtt_limits.allow_anonymous);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -4,13 +4,17 @@
 //!
 //! # Layout
 //! - [`config`]: flags, environment and TOML file.
-//! - [`amqp`]: the AMQP listener and connection task.
+//! - `driver`: the one loop that runs a connection over TCP or WebSocket.
+//! - [`amqp`]: the AMQP listener.
+//! - [`mqtt`]: the MQTT listeners (TCP and WebSocket).
 //! - [`Server`]: starts everything, and stops it on request: listeners
 //!   close, every client is told (AMQP `connection.close` 320), tasks are
 //!   given a grace period.
 
 pub mod amqp;
 pub mod config;
+mod driver;
+pub mod mqtt;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +36,9 @@ pub struct Server {
     broker: Arc<Broker>,
     auth: Arc<AuthStore>,
     amqp_addrs: Vec<SocketAddr>,
+    mqtt_addrs: Vec<SocketAddr>,
+    mqtt_ws_addrs: Vec<SocketAddr>,
+    mqtt: Arc<liebre_mqtt::MqttContext>,
     token: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
@@ -68,11 +75,50 @@ impl Server {
                 tracker.clone(),
             ));
         }
-        tracker.spawn(tick_loop(broker.clone(), token.clone()));
+        let mqtt = Arc::new(liebre_mqtt::MqttContext {
+            broker: broker.clone(),
+            auth: auth.clone(),
+            sessions: Default::default(),
+            config: config.mqtt_limits.clone(),
+        });
+        let mut mqtt_addrs = Vec::new();
+        for l in bind_all(&config.mqtt)
+            .await
+            .context("binding the MQTT listener")?
+        {
+            let addr = l.local_addr()?;
+            info!(message = "MQTT listener started.", %addr);
+            mqtt_addrs.push(addr);
+            tracker.spawn(mqtt::accept_loop(
+                l,
+                mqtt.clone(),
+                token.clone(),
+                tracker.clone(),
+            ));
+        }
+        let mut mqtt_ws_addrs = Vec::new();
+        for l in bind_all(&config.mqtt_ws)
+            .await
+            .context("binding the MQTT WebSocket listener")?
+        {
+            let addr = l.local_addr()?;
+            info!(message = "MQTT WebSocket listener started.", %addr, paths = "/mqtt /ws");
+            mqtt_ws_addrs.push(addr);
+            tracker.spawn(mqtt::accept_ws_loop(
+                l,
+                mqtt.clone(),
+                token.clone(),
+                tracker.clone(),
+            ));
+        }
+        tracker.spawn(tick_loop(broker.clone(), mqtt.clone(), token.clone()));
         Ok(Self {
             broker,
             auth,
             amqp_addrs,
+            mqtt_addrs,
+            mqtt_ws_addrs,
+            mqtt,
             token,
             tracker,
             grace: config.shutdown_grace,
@@ -92,6 +138,21 @@ impl Server {
     /// Where AMQP listens (ports resolved).
     pub fn amqp_addrs(&self) -> &[SocketAddr] {
         &self.amqp_addrs
+    }
+
+    /// Where MQTT listens.
+    pub fn mqtt_addrs(&self) -> &[SocketAddr] {
+        &self.mqtt_addrs
+    }
+
+    /// Where MQTT over WebSocket listens.
+    pub fn mqtt_ws_addrs(&self) -> &[SocketAddr] {
+        &self.mqtt_ws_addrs
+    }
+
+    /// MQTT sessions and settings.
+    pub fn mqtt(&self) -> &Arc<liebre_mqtt::MqttContext> {
+        &self.mqtt
     }
 
     /// Resolves once shutdown has been requested.
@@ -147,13 +208,20 @@ async fn bind_all(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
     }
 }
 
-async fn tick_loop(broker: Arc<Broker>, token: CancellationToken) {
+async fn tick_loop(
+    broker: Arc<Broker>,
+    mqtt: Arc<liebre_mqtt::MqttContext>,
+    token: CancellationToken,
+) {
     let mut every = tokio::time::interval(Duration::from_millis(250));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = every.tick() => broker.tick(),
+            _ = every.tick() => {
+                broker.tick();
+                mqtt.sessions.tick(broker.clock().now());
+            }
         }
     }
 }

@@ -1,0 +1,1300 @@
+//! The MQTT connection state machine (3.1, 3.1.1 and 5.0).
+//!
+//! Bytes and time in ([`MqttConnection::handle_input`],
+//! [`MqttConnection::handle_timeout`]), bytes out
+//! ([`MqttConnection::poll_transmit`]) with the next deadline
+//! ([`MqttConnection::poll_timeout`]). No socket, no clock.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use liebre_auth::{Access, AuthError, AuthStore};
+use liebre_core::{Broker, Consumer, Message, VHost, Wake};
+use liebre_mqtt_codec::{
+    self as codec, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, PubAck,
+    Publish, QoS, Str, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use parking_lot::Mutex;
+use tracing::debug;
+
+use crate::mapping::{self, MQTT_EXCHANGE};
+use crate::session::{
+    publish_will, ConnectionHandle, InFlight, MqttConsumer, MqttEvent, MqttOutbox, PendingWill,
+    Session, Sessions, Subscription, WakeDebug,
+};
+
+/// MQTT limits and policies.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Largest packet accepted (and advertised as Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// QoS 1/2 publishes a client may have unacknowledged towards us
+    /// (advertised as Receive Maximum; exceeding it is 0x93).
+    pub receive_maximum: u16,
+    /// QoS 1/2 messages in flight to a 3.1.1 client (5.0 clients say their own).
+    pub max_inflight_v3: u16,
+    /// Longest keepalive allowed; a longer one is cut to this (5.0: Server Keep Alive).
+    pub max_keepalive: u16,
+    /// Topic aliases a client may use towards us.
+    pub topic_alias_maximum: u16,
+    /// Session expiry for 3.1.1 persistent sessions and the cap for 5.0.
+    pub max_session_expiry: Duration,
+    /// A CONNECT without username logs in as `guest`.
+    pub allow_anonymous: bool,
+    /// Messages held for one offline session before the oldest are dropped.
+    pub max_queued_messages: u32,
+    /// Deliveries buffered per connection.
+    pub outbox_max_len: usize,
+    /// Bytes of bodies buffered per connection.
+    pub outbox_max_bytes: usize,
+    /// How long CONNECT may take to arrive.
+    pub connect_timeout: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 16 * 1024 * 1024,
+            receive_maximum: 1024,
+            max_inflight_v3: 128,
+            max_keepalive: u16::MAX,
+            topic_alias_maximum: 64,
+            max_session_expiry: Duration::from_secs(u64::from(u32::MAX)),
+            allow_anonymous: true,
+            max_queued_messages: 100_000,
+            outbox_max_len: 2048,
+            outbox_max_bytes: 8 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What an MQTT connection needs from the rest of the broker.
+#[derive(Debug)]
+pub struct MqttContext {
+    /// The routing core.
+    pub broker: Arc<Broker>,
+    /// Users and permissions.
+    pub auth: Arc<AuthStore>,
+    /// Sessions.
+    pub sessions: Sessions,
+    /// Limits.
+    pub config: MqttConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connect,
+    Connected,
+    Closed,
+}
+
+struct Will {
+    message: Arc<Message>,
+    topic: String,
+    retain: bool,
+    delay: Duration,
+}
+
+/// One MQTT client connection.
+pub struct MqttConnection {
+    ctx: Arc<MqttContext>,
+    id: u64,
+    peer: SocketAddr,
+    state: State,
+    protocol: Protocol,
+    out: BytesMut,
+    keep_alive: Duration,
+    last_rx: Instant,
+    connect_deadline: Option<Instant>,
+    client_id: String,
+    user: String,
+    vhost: Option<Arc<VHost>>,
+    session: Option<Arc<Mutex<Session>>>,
+    handle: Arc<ConnectionHandle>,
+    outbox: Arc<MqttOutbox>,
+    consumers: Vec<Arc<MqttConsumer>>,
+    will: Option<Will>,
+    client_receive_max: u16,
+    client_max_packet: u32,
+    client_alias_max: u16,
+    aliases_in: HashMap<u16, Str>,
+    aliases_out: HashMap<String, u16>,
+    problem_info: bool,
+    may_publish: Option<bool>,
+    close_reason: Option<String>,
+}
+
+struct WakerBox(Arc<dyn Wake>);
+
+impl Wake for WakerBox {
+    fn wake(&self) {
+        self.0.wake()
+    }
+}
+
+impl std::fmt::Debug for WakerBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WakerBox")
+    }
+}
+
+impl std::fmt::Debug for MqttConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConnection")
+            .field("id", &self.id)
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
+/// An error that ends the connection: MQTT 5 reason code and why.
+#[derive(Debug)]
+struct Fatal(u8, String);
+
+impl MqttConnection {
+    /// A new connection from `peer` at `now`; `waker` wakes its task.
+    pub fn new(
+        ctx: Arc<MqttContext>,
+        peer: SocketAddr,
+        waker: Arc<dyn Wake>,
+        now: Instant,
+    ) -> Self {
+        let id = ctx.broker.next_id();
+        let outbox = Arc::new(MqttOutbox::new(
+            waker.clone(),
+            ctx.config.outbox_max_len,
+            ctx.config.outbox_max_bytes,
+        ));
+        let handle = Arc::new(ConnectionHandle {
+            id,
+            kicked: Default::default(),
+            waker: Arc::new(WakerBox(waker)) as Arc<dyn WakeDebug>,
+        });
+        Self {
+            id,
+            peer,
+            state: State::Connect,
+            protocol: Protocol::V311,
+            out: BytesMut::new(),
+            keep_alive: Duration::ZERO,
+            last_rx: now,
+            connect_deadline: Some(now + ctx.config.connect_timeout),
+            client_id: String::new(),
+            user: String::new(),
+            vhost: None,
+            session: None,
+            handle,
+            outbox,
+            consumers: Vec::new(),
+            will: None,
+            client_receive_max: 65535,
+            client_max_packet: u32::MAX,
+            client_alias_max: 0,
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            problem_info: true,
+            may_publish: None,
+            close_reason: None,
+            ctx,
+        }
+    }
+
+    /// Broker-wide connection id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The client identifier ("" before CONNECT).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Why the connection ended.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.close_reason.as_deref()
+    }
+
+    /// Whether the socket should close once pending output is written.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Largest packet we read.
+    pub fn max_packet_size(&self) -> u32 {
+        self.ctx.config.max_packet_size
+    }
+
+    /// Feed received bytes; every complete packet is handled.
+    pub fn handle_input(&mut self, buf: &mut BytesMut, now: Instant) {
+        if !buf.is_empty() {
+            self.last_rx = now;
+        }
+        while self.state != State::Closed {
+            let proto = (self.state == State::Connected).then_some(self.protocol);
+            match codec::decode(buf, proto, self.ctx.config.max_packet_size) {
+                Ok(None) => return,
+                Ok(Some(p)) => {
+                    if let Err(Fatal(code, why)) = self.handle_packet(p, now) {
+                        self.disconnect_with(code, &why, now);
+                    }
+                }
+                Err(e) => {
+                    buf.clear();
+                    self.decode_failed(e, now);
+                }
+            }
+        }
+        buf.clear();
+    }
+
+    fn decode_failed(&mut self, e: DecodeError, now: Instant) {
+        debug!(message = "Bad MQTT packet.", peer = %self.peer, %e);
+        match (&e, self.state) {
+            (DecodeError::UnsupportedProtocol { .. }, State::Connect) => {
+                // 3.1.1 return code 1 / 5.0 reason 0x84, then close.
+                let code = if matches!(e, DecodeError::UnsupportedProtocol { level } if level >= 5)
+                {
+                    0x84
+                } else {
+                    0x01
+                };
+                let proto = if code == 0x84 {
+                    Protocol::V5
+                } else {
+                    Protocol::V311
+                };
+                self.write_packet(
+                    &Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        code,
+                        properties: Properties::default(),
+                    }),
+                    proto,
+                );
+                self.finish(&e.to_string(), now);
+            }
+            _ => self.disconnect_with(e.reason_code(), &e.to_string(), now),
+        }
+    }
+
+    /// Close the connection; a 5.0 client is told why in DISCONNECT first.
+    fn disconnect_with(&mut self, code: u8, why: &str, now: Instant) {
+        if self.state == State::Connected && self.protocol == Protocol::V5 {
+            let mut properties = Properties::default();
+            if self.problem_info && !why.is_empty() {
+                properties.reason_string = Some(Str::from(why));
+            }
+            self.write_packet(
+                &Packet::Disconnect(Disconnect {
+                    reason: code,
+                    properties,
+                }),
+                Protocol::V5,
+            );
+        }
+        self.finish(why, now);
+    }
+
+    /// Advance time: keepalive and the CONNECT deadline.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Connect && self.connect_deadline.is_some_and(|d| now >= d) {
+            self.finish("no CONNECT in time", now);
+            return;
+        }
+        if self.state == State::Connected
+            && !self.keep_alive.is_zero()
+            && now >= self.last_rx + self.keep_alive * 3 / 2
+        {
+            self.disconnect_with(0x8D, "keep alive timeout", now);
+        }
+    }
+
+    /// The next instant [`MqttConnection::handle_timeout`] has work at.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Connect => self.connect_deadline,
+            State::Connected if !self.keep_alive.is_zero() => {
+                Some(self.last_rx + self.keep_alive * 3 / 2)
+            }
+            _ => None,
+        }
+    }
+
+    /// Move pending output into `out`; returns whether anything was written.
+    pub fn poll_transmit(&mut self, out: &mut BytesMut, now: Instant) -> bool {
+        let kicked = self.handle.kicked.load(Ordering::Acquire);
+        if kicked != 0 && self.state == State::Connected {
+            self.disconnect_with(kicked, "another connection took over the session", now);
+        }
+        self.drain_outbox(now);
+        if self.out.is_empty() {
+            return false;
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.out);
+        } else {
+            out.extend_from_slice(&self.out);
+            self.out.clear();
+        }
+        for c in &self.consumers {
+            c.kick_if_starved();
+        }
+        true
+    }
+
+    /// The socket is gone (EOF or error).
+    pub fn handle_disconnect(&mut self, now: Instant) {
+        if self.state != State::Closed {
+            self.finish("connection lost", now);
+        }
+    }
+
+    /// Server shutdown: 5.0 clients get DISCONNECT 0x8B.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.disconnect_with(0x8B, "server shutting down", now);
+    }
+
+    /// End the connection: publish the will unless the client
+    /// disconnected normally, detach from the session.
+    fn finish(&mut self, why: &str, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let was_connected = self.state == State::Connected;
+        self.state = State::Closed;
+        if self.close_reason.is_none() {
+            self.close_reason = Some(why.to_owned());
+        }
+        // Deliveries not yet written go back to their queues.
+        for ev in self.outbox.drain() {
+            let MqttEvent::Deliver(d, c) = ev;
+            c.release(1);
+            d.queue.requeue(vec![(&d).into()]);
+        }
+        for c in self.consumers.drain(..) {
+            c.queue.remove_consumer(c.id);
+        }
+        if !was_connected {
+            return;
+        }
+        let taken_over = self.handle.kicked.load(Ordering::Acquire) != 0;
+        if let Some(session) = self.session.take() {
+            if let Some(w) = self.will.take() {
+                let mut s = session.lock();
+                let delay = w.delay.min(s.expiry);
+                let pending = PendingWill {
+                    due: now + delay,
+                    message: w.message,
+                    topic: w.topic,
+                    retain: w.retain,
+                };
+                if delay.is_zero() {
+                    publish_will(&s.vhost, pending);
+                } else if !taken_over {
+                    // Published by the session registry when due, or when
+                    // the session ends; cancelled if the client returns.
+                    s.pending_will = Some(pending);
+                }
+                // Taken over with a delay: the session goes on with the new
+                // connection, so the will is never sent (5.0 §3.1.3.2.2).
+            }
+            self.ctx.sessions.detach(&session, self.id, now);
+        }
+    }
+
+    fn write_packet(&mut self, p: &Packet, proto: Protocol) {
+        if let Err(e) = codec::encode(p, proto, &mut self.out) {
+            tracing::error!(message = "Failed to encode an MQTT packet.", packet = p.name(), %e);
+        }
+    }
+
+    fn send(&mut self, p: Packet) {
+        let proto = self.protocol;
+        self.write_packet(&p, proto);
+    }
+
+    // ---- packets ---------------------------------------------------------
+
+    fn handle_packet(&mut self, p: Packet, now: Instant) -> Result<(), Fatal> {
+        if self.state == State::Connect {
+            return match p {
+                Packet::Connect(c) => self.connect(c, now),
+                other => Err(Fatal(
+                    0x82,
+                    format!("first packet must be CONNECT, got {}", other.name()),
+                )),
+            };
+        }
+        match p {
+            Packet::Connect(_) => Err(Fatal(0x82, "second CONNECT".into())),
+            Packet::Publish(p) => self.publish(p),
+            Packet::PubAck(a) => {
+                self.settle_out(a.packet_id, false);
+                Ok(())
+            }
+            Packet::PubRec(a) => self.pubrec(a),
+            Packet::PubRel(a) => {
+                let known = self.session_mut(|s| s.incoming_qos2.remove(&a.packet_id));
+                let reason = if known || self.protocol != Protocol::V5 {
+                    0
+                } else {
+                    0x92
+                };
+                self.send(Packet::PubComp(PubAck {
+                    packet_id: a.packet_id,
+                    reason,
+                    properties: Properties::default(),
+                }));
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.settle_out(a.packet_id, true);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.subscribe(s, now),
+            Packet::Unsubscribe(u) => self.unsubscribe(u),
+            Packet::PingReq => {
+                self.send(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if let Some(exp) = d.properties.session_expiry_interval {
+                    let was_zero = self.session_mut(|s| s.expiry.is_zero());
+                    if was_zero && exp != 0 {
+                        return Err(Fatal(
+                            0x82,
+                            "session expiry set on DISCONNECT after 0 on CONNECT".into(),
+                        ));
+                    }
+                    let cap = self.ctx.config.max_session_expiry;
+                    self.session_mut(|s| s.expiry = Duration::from_secs(u64::from(exp)).min(cap));
+                }
+                if d.reason != 0x04 {
+                    self.will = None; // normal disconnect: no will
+                }
+                self.finish("client disconnected", now);
+                Ok(())
+            }
+            Packet::Auth(_) => Err(Fatal(
+                0x82,
+                "enhanced authentication is not supported".into(),
+            )),
+            other => Err(Fatal(
+                0x82,
+                format!("unexpected {} from a client", other.name()),
+            )),
+        }
+    }
+
+    fn session_mut<T: Default>(&self, f: impl FnOnce(&mut Session) -> T) -> T {
+        match &self.session {
+            Some(s) => f(&mut s.lock()),
+            None => T::default(),
+        }
+    }
+
+    fn connack_fail(&mut self, v3: u8, v5: u8, why: &str, now: Instant) -> Result<(), Fatal> {
+        let code = if self.protocol == Protocol::V5 {
+            v5
+        } else {
+            v3
+        };
+        self.send(Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        }));
+        tracing::info!(message = "MQTT connection refused.", peer = %self.peer, reason = why);
+        self.finish(why, now);
+        Ok(())
+    }
+
+    fn connect(&mut self, c: Connect, now: Instant) -> Result<(), Fatal> {
+        self.protocol = c.protocol;
+        let v5 = c.protocol == Protocol::V5;
+        self.connect_deadline = None;
+        // Client identifier rules.
+        let mut assigned = None;
+        let client_id = if c.client_id.is_empty() {
+            if v5 {
+                let id = format!("liebre-{}", liebre_core::vhost::generated_name(""));
+                assigned = Some(id.clone());
+                id
+            } else if c.clean_start {
+                format!("liebre-{}", liebre_core::vhost::generated_name(""))
+            } else {
+                return self.connack_fail(
+                    0x02,
+                    0x85,
+                    "zero-length client id needs a clean session",
+                    now,
+                );
+            }
+        } else {
+            c.client_id.to_string()
+        };
+        // Login: "vhost:user" picks the vhost; no username is guest.
+        let (vhost_name, user, password) = match &c.username {
+            Some(u) => {
+                let (v, name) = match u.split_once(':') {
+                    Some((v, n)) if !v.is_empty() => (v.to_owned(), n.to_owned()),
+                    _ => ("/".to_owned(), u.to_string()),
+                };
+                let pass = c
+                    .password
+                    .as_ref()
+                    .map(|p| String::from_utf8_lossy(p).into_owned());
+                (v, name, pass)
+            }
+            None if self.ctx.config.allow_anonymous => ("/".to_owned(), "guest".to_owned(), None),
+            None => return self.connack_fail(0x05, 0x87, "anonymous access is disabled", now),
+        };
+        let authed = match &password {
+            Some(p) => self.ctx.auth.authenticate(&user, p, self.peer.ip()),
+            None if c.username.is_none() => {
+                // Anonymous: the guest account, with its loopback rule.
+                if liebre_auth::is_loopback(self.peer.ip()) {
+                    Ok(())
+                } else {
+                    Err(AuthError::LoopbackOnly(user.clone()))
+                }
+            }
+            None => Err(AuthError::InvalidCredentials),
+        };
+        match authed {
+            Ok(()) => {}
+            Err(AuthError::LoopbackOnly(_)) => {
+                return self.connack_fail(0x05, 0x87, "user can only connect via localhost", now)
+            }
+            Err(_) => return self.connack_fail(0x04, 0x86, "bad user name or password", now),
+        }
+        let Some(vhost) = self.ctx.broker.vhost(&vhost_name) else {
+            return self.connack_fail(0x05, 0x87, "no such vhost", now);
+        };
+        if !self.ctx.auth.can_access_vhost(&user, &vhost_name) {
+            return self.connack_fail(0x05, 0x87, "not authorised for the vhost", now);
+        }
+        self.user = user;
+        self.client_id = client_id.clone();
+        // Keepalive, capped.
+        let max_ka = self.ctx.config.max_keepalive;
+        let ka = if c.keep_alive > max_ka || (c.keep_alive == 0 && max_ka != u16::MAX) {
+            max_ka
+        } else {
+            c.keep_alive
+        };
+        self.keep_alive = Duration::from_secs(u64::from(ka));
+        // Client limits.
+        if v5 {
+            self.client_receive_max = c.properties.receive_maximum.unwrap_or(65535);
+            self.client_max_packet = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
+            self.client_alias_max = c.properties.topic_alias_maximum.unwrap_or(0);
+            self.problem_info = c.properties.request_problem_information != Some(0);
+        } else {
+            self.client_receive_max = self.ctx.config.max_inflight_v3;
+        }
+        let expiry = if v5 {
+            Duration::from_secs(u64::from(c.properties.session_expiry_interval.unwrap_or(0)))
+        } else if c.clean_start {
+            Duration::ZERO
+        } else {
+            self.ctx.config.max_session_expiry
+        }
+        .min(self.ctx.config.max_session_expiry);
+        // Will.
+        if let Some(w) = &c.will {
+            let msg = mapping::to_message(
+                &w.topic,
+                w.qos,
+                w.retain,
+                w.payload.clone(),
+                v5.then_some(&w.properties),
+                self.id,
+            );
+            self.will = Some(Will {
+                message: Arc::new(msg),
+                topic: w.topic.to_string(),
+                retain: w.retain,
+                delay: Duration::from_secs(u64::from(
+                    w.properties.will_delay_interval.unwrap_or(0),
+                )),
+            });
+        }
+        // Session.
+        let attached = match self.ctx.sessions.attach(
+            &vhost,
+            &client_id,
+            c.clean_start,
+            self.handle.clone(),
+            self.id,
+            self.ctx.config.max_queued_messages,
+        ) {
+            Ok(a) => a,
+            Err(e) => return self.connack_fail(0x03, 0x88, &e.to_string(), now),
+        };
+        {
+            let mut s = attached.session.lock();
+            s.expiry = expiry;
+            // Reconnecting in time cancels a delayed will.
+            s.pending_will = None;
+        }
+        self.vhost = Some(vhost);
+        self.session = Some(attached.session.clone());
+        self.state = State::Connected;
+        let mut props = Properties::default();
+        if v5 {
+            props.receive_maximum = Some(self.ctx.config.receive_maximum);
+            props.maximum_packet_size = Some(self.ctx.config.max_packet_size);
+            props.topic_alias_maximum = Some(self.ctx.config.topic_alias_maximum);
+            props.retain_available = Some(1);
+            props.wildcard_subscription_available = Some(1);
+            props.subscription_identifier_available = Some(1);
+            props.shared_subscription_available = Some(1);
+            if ka != c.keep_alive {
+                props.server_keep_alive = Some(ka);
+            }
+            if let Some(id) = assigned {
+                props.assigned_client_identifier = Some(Str::from(id));
+            }
+            let requested = c.properties.session_expiry_interval.unwrap_or(0);
+            if u64::from(requested) > expiry.as_secs() {
+                props.session_expiry_interval = Some(expiry.as_secs() as u32);
+            }
+        }
+        self.send(Packet::ConnAck(ConnAck {
+            session_present: attached.present,
+            code: 0,
+            properties: props,
+        }));
+        // Resume: resend what was in flight, then start consuming.
+        self.resume_inflight();
+        self.attach_consumers();
+        Ok(())
+    }
+
+    fn attach_consumers(&mut self) {
+        let Some(session) = &self.session else { return };
+        let queues: Vec<Arc<liebre_core::Queue>> = {
+            let s = session.lock();
+            let mut qs = vec![s.queue.clone()];
+            for (filter, sub) in &s.subscriptions {
+                if let Some(g) = &sub.share {
+                    if let Some(q) = s.vhost.queue(&shared_queue_name(g, filter)) {
+                        qs.push(q);
+                    }
+                }
+            }
+            qs
+        };
+        for q in queues {
+            self.consume(q);
+        }
+    }
+
+    fn consume(&mut self, q: Arc<liebre_core::Queue>) {
+        if self.consumers.iter().any(|c| Arc::ptr_eq(&c.queue, &q)) {
+            return;
+        }
+        let id = self.ctx.broker.next_id();
+        let c = MqttConsumer::new(
+            id,
+            q.clone(),
+            u32::from(self.client_receive_max),
+            self.outbox.clone(),
+        );
+        let added = q.add_consumer(Consumer {
+            id,
+            tag: liebre_amqp_codec::ShortStr::from(format!("mqtt-{}", self.client_id)),
+            no_ack: false,
+            exclusive: false,
+            sink: c.clone(),
+        });
+        if added.is_ok() {
+            self.consumers.push(c);
+        }
+    }
+
+    fn resume_inflight(&mut self) {
+        let Some(session) = &self.session else { return };
+        let s = session.lock();
+        for (&pkid, f) in &s.inflight {
+            if f.released {
+                let p = Packet::PubRel(PubAck {
+                    packet_id: pkid,
+                    reason: 0,
+                    properties: Properties::default(),
+                });
+                if let Err(e) = codec::encode(&p, self.protocol, &mut self.out) {
+                    tracing::error!(message = "Failed to encode PUBREL.", %e);
+                }
+            } else if let Some(first) = f.packet.first() {
+                // Same packet, same identifier, DUP set.
+                self.out.extend_from_slice(&[first | 0x08]);
+                self.out.extend_from_slice(&f.packet[1..]);
+            }
+        }
+    }
+
+    // ---- publish in ------------------------------------------------------
+
+    fn publish(&mut self, p: Publish) -> Result<(), Fatal> {
+        let v5 = self.protocol == Protocol::V5;
+        // Topic alias.
+        let topic: Str = match p.properties.topic_alias {
+            Some(alias) if v5 => {
+                if alias == 0 || alias > self.ctx.config.topic_alias_maximum {
+                    return Err(Fatal(0x94, format!("topic alias {alias} out of range")));
+                }
+                if p.topic.is_empty() {
+                    match self.aliases_in.get(&alias) {
+                        Some(t) => t.clone(),
+                        None => return Err(Fatal(0x82, format!("unknown topic alias {alias}"))),
+                    }
+                } else {
+                    self.aliases_in.insert(alias, p.topic.clone());
+                    p.topic.clone()
+                }
+            }
+            _ if p.topic.is_empty() => {
+                return Err(Fatal(0x82, "empty topic without a topic alias".into()))
+            }
+            _ => p.topic.clone(),
+        };
+        if p.qos == QoS::ExactlyOnce {
+            let dup = self.session_mut(|s| !s.incoming_qos2.insert(p.packet_id));
+            if !dup
+                && self.session_mut(|s| s.incoming_qos2.len())
+                    > usize::from(self.ctx.config.receive_maximum)
+            {
+                return Err(Fatal(0x93, "receive maximum exceeded".into()));
+            }
+            if dup {
+                // A resend of a message we already routed: acknowledge only.
+                self.send(Packet::PubRec(PubAck {
+                    packet_id: p.packet_id,
+                    reason: 0,
+                    properties: Properties::default(),
+                }));
+                return Ok(());
+            }
+        }
+        let allowed = *self.may_publish.get_or_insert_with(|| {
+            let vhost = self
+                .vhost
+                .as_ref()
+                .map(|v| v.name().to_owned())
+                .unwrap_or_default();
+            self.ctx
+                .auth
+                .check(&self.user, &vhost, Access::Write, MQTT_EXCHANGE)
+        });
+        let mut reason = 0u8;
+        if !allowed {
+            if !v5 && p.qos == QoS::AtMostOnce {
+                return Err(Fatal(0x87, "not authorised to publish".into()));
+            }
+            if !v5 {
+                // 3.1.1 has no negative PUBACK: close, as Mosquitto does.
+                return Err(Fatal(0x87, "not authorised to publish".into()));
+            }
+            reason = 0x87;
+        } else {
+            let vhost = self.vhost.clone();
+            let Some(vhost) = vhost else { return Ok(()) };
+            let msg = mapping::to_message(
+                &topic,
+                p.qos,
+                p.retain,
+                p.payload.clone(),
+                v5.then_some(&p.properties),
+                self.id,
+            );
+            let msg = Arc::new(msg);
+            if p.retain {
+                let keep = (!msg.body.is_empty()).then(|| msg.clone());
+                vhost.retained().set(&topic, keep);
+            }
+            match vhost.publish(MQTT_EXCHANGE, msg) {
+                Ok(o) if o.routed == 0 && v5 => reason = 0x10,
+                Ok(o) if o.rejected && v5 => reason = 0x97,
+                Ok(_) => {}
+                Err(e) => {
+                    if v5 {
+                        reason = 0x80;
+                    }
+                    debug!(message = "MQTT publish failed.", %e);
+                }
+            }
+        }
+        let ack = PubAck {
+            packet_id: p.packet_id,
+            reason,
+            properties: Properties::default(),
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                if reason >= 0x80 {
+                    self.session_mut(|s| s.incoming_qos2.remove(&p.packet_id));
+                }
+                self.send(Packet::PubRec(ack))
+            }
+        }
+        Ok(())
+    }
+
+    // ---- publish out -----------------------------------------------------
+
+    fn drain_outbox(&mut self, now: Instant) {
+        if self.outbox.is_empty() || self.state != State::Connected {
+            return;
+        }
+        for ev in self.outbox.drain() {
+            let MqttEvent::Deliver(d, c) = ev;
+            self.deliver(d, c, now);
+        }
+    }
+
+    fn deliver(&mut self, d: liebre_core::Delivery, c: Arc<MqttConsumer>, now: Instant) {
+        let Some(session) = self.session.clone() else {
+            c.release(1);
+            d.queue.requeue(vec![(&d).into()]);
+            return;
+        };
+        let out = mapping::from_message(&d.message, d.expires_at, now);
+        // Which subscriptions match (MQTT rules, `$` topics included)?
+        let (matched, qos, no_local_only, ids, rap) = {
+            let s = session.lock();
+            let mut matched = false;
+            let mut qos = QoS::AtMostOnce;
+            let mut any_local_ok = false;
+            let mut rap = false;
+            let mut ids = Vec::new();
+            let shared_queue = !Arc::ptr_eq(&d.queue, &s.queue);
+            for (filter, sub) in &s.subscriptions {
+                if sub.share.is_some() != shared_queue {
+                    continue;
+                }
+                if shared_queue
+                    && sub
+                        .share
+                        .as_deref()
+                        .map(|g| shared_queue_name(g, filter))
+                        .as_deref()
+                        != Some(&**d.queue.name())
+                {
+                    continue;
+                }
+                if !liebre_core::retained::mqtt_filter_matches(filter, &out.topic) {
+                    continue;
+                }
+                matched = true;
+                qos = qos.max(sub.options.qos);
+                any_local_ok |= !sub.options.no_local;
+                rap |= sub.options.retain_as_published;
+                ids.extend(sub.identifier);
+            }
+            (matched, qos, !any_local_ok, ids, rap)
+        };
+        let own = d.message.origin == self.id;
+        if !matched || (own && no_local_only) {
+            c.release(1);
+            d.queue.ack(1);
+            return;
+        }
+        let qos = qos.min(out.qos);
+        let mut props = out.properties;
+        props.subscription_identifiers = ids;
+        let body = d.message.body.clone();
+        self.send_publish(
+            &out.topic,
+            qos,
+            rap && out.retain,
+            props,
+            &body,
+            Some((d, c)),
+        );
+    }
+
+    /// Write one PUBLISH; QoS 1/2 ones are tracked in the session.
+    fn send_publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        mut props: Properties,
+        payload: &Bytes,
+        source: Option<(liebre_core::Delivery, Arc<MqttConsumer>)>,
+    ) {
+        let v5 = self.protocol == Protocol::V5;
+        let settle_now = |source: Option<(liebre_core::Delivery, Arc<MqttConsumer>)>| {
+            if let Some((d, c)) = source {
+                c.release(1);
+                d.queue.ack(1);
+            }
+        };
+        // Outbound topic alias within the client's maximum.
+        let mut wire_topic = topic;
+        if v5 && self.client_alias_max > 0 {
+            match self.aliases_out.get(topic) {
+                Some(&a) => {
+                    props.topic_alias = Some(a);
+                    wire_topic = "";
+                }
+                None if self.aliases_out.len() < usize::from(self.client_alias_max) => {
+                    let a = self.aliases_out.len() as u16 + 1;
+                    self.aliases_out.insert(topic.to_owned(), a);
+                    props.topic_alias = Some(a);
+                }
+                None => {}
+            }
+        }
+        let props_ref = v5.then_some(&props);
+        let size = codec::publish_size(self.protocol, wire_topic, qos, props_ref, payload.len());
+        if size as u64 > u64::from(self.client_max_packet) {
+            // Larger than the client accepts: discarded as if delivered (5.0 §3.1.2.11.4).
+            settle_now(source);
+            return;
+        }
+        if qos == QoS::AtMostOnce {
+            if let Err(e) = codec::write_publish(
+                &mut self.out,
+                self.protocol,
+                false,
+                qos,
+                retain,
+                wire_topic,
+                0,
+                props_ref,
+                payload,
+            ) {
+                tracing::error!(message = "Failed to encode PUBLISH.", %e);
+            }
+            settle_now(source);
+            return;
+        }
+        let Some(session) = self.session.clone() else {
+            settle_now(source);
+            return;
+        };
+        let mut s = session.lock();
+        let Some(pkid) = s.next_packet_id() else {
+            drop(s);
+            settle_now(source);
+            return;
+        };
+        let mut packet = BytesMut::with_capacity(size);
+        if let Err(e) = codec::write_publish(
+            &mut packet,
+            self.protocol,
+            false,
+            qos,
+            retain,
+            wire_topic,
+            pkid,
+            props_ref,
+            payload,
+        ) {
+            tracing::error!(message = "Failed to encode PUBLISH.", %e);
+            drop(s);
+            settle_now(source);
+            return;
+        }
+        let packet = packet.freeze();
+        self.out.extend_from_slice(&packet);
+        let (delivery, consumer) = match source {
+            Some((d, c)) => (Some(d), Some(c)),
+            None => (None, None),
+        };
+        s.inflight.insert(
+            pkid,
+            InFlight {
+                delivery,
+                consumer,
+                qos,
+                released: false,
+                packet,
+            },
+        );
+    }
+
+    fn pubrec(&mut self, a: PubAck) -> Result<(), Fatal> {
+        let known = self.session_mut(|s| match s.inflight.get_mut(&a.packet_id) {
+            Some(f) if f.qos == QoS::ExactlyOnce => {
+                f.released = true;
+                // The message has reached the client: settle it in its queue
+                // now; the credit is held until PUBCOMP.
+                if let Some(d) = f.delivery.take() {
+                    d.queue.ack(1);
+                }
+                true
+            }
+            _ => false,
+        });
+        if a.reason >= 0x80 {
+            self.settle_out(a.packet_id, true);
+            return Ok(());
+        }
+        let reason = if known || self.protocol != Protocol::V5 {
+            0
+        } else {
+            0x92
+        };
+        self.send(Packet::PubRel(PubAck {
+            packet_id: a.packet_id,
+            reason,
+            properties: Properties::default(),
+        }));
+        Ok(())
+    }
+
+    fn settle_out(&mut self, pkid: u16, qos2: bool) {
+        let Some(session) = &self.session else { return };
+        let f = {
+            let mut s = session.lock();
+            match s.inflight.get(&pkid) {
+                Some(f) if (f.qos == QoS::ExactlyOnce) == qos2 => s.inflight.remove(&pkid),
+                _ => None,
+            }
+        };
+        if let Some(f) = f {
+            if let Some(d) = f.delivery {
+                d.queue.ack(1);
+            }
+            if let Some(c) = f.consumer {
+                c.release(1);
+                c.kick_if_starved();
+            }
+        }
+    }
+
+    // ---- subscriptions ---------------------------------------------------
+
+    fn subscribe(&mut self, sub: Subscribe, now: Instant) -> Result<(), Fatal> {
+        let v5 = self.protocol == Protocol::V5;
+        let Some(vhost) = self.vhost.clone() else {
+            return Ok(());
+        };
+        let Some(session) = self.session.clone() else {
+            return Ok(());
+        };
+        let id = sub.properties.subscription_identifiers.first().copied();
+        let may_read = self
+            .ctx
+            .auth
+            .check(&self.user, vhost.name(), Access::Read, MQTT_EXCHANGE);
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut retained_to_send = Vec::new();
+        for (raw_filter, opts) in &sub.filters {
+            if !may_read {
+                codes.push(if v5 { 0x87 } else { 0x80 });
+                continue;
+            }
+            let (share, filter) = match parse_shared(raw_filter) {
+                Ok(x) => x,
+                Err(()) => {
+                    codes.push(if v5 { 0x8F } else { 0x80 });
+                    continue;
+                }
+            };
+            if share.is_some() && opts.no_local {
+                return Err(Fatal(0x82, "no local on a shared subscription".into()));
+            }
+            let key = mapping::filter_to_binding_key(&filter);
+            let queue_name = match &share {
+                Some(g) => {
+                    let name = shared_queue_name(g, &filter);
+                    let q = vhost.declare_queue(
+                        &name,
+                        queue_options(false, self.ctx.config.max_queued_messages),
+                        false,
+                        self.id,
+                    );
+                    match q {
+                        Ok(q) => {
+                            self.consume(q);
+                            name
+                        }
+                        Err(_) => {
+                            codes.push(0x80);
+                            continue;
+                        }
+                    }
+                }
+                None => session.lock().queue.name().to_string(),
+            };
+            if vhost
+                .bind_queue(
+                    &queue_name,
+                    MQTT_EXCHANGE,
+                    &key,
+                    Default::default(),
+                    self.id,
+                )
+                .is_err()
+            {
+                codes.push(0x80);
+                continue;
+            }
+            let granted = opts.qos;
+            let existed = {
+                let mut s = session.lock();
+                let existed = s.subscriptions.contains_key(&filter);
+                s.subscriptions.insert(
+                    filter.clone(),
+                    Subscription {
+                        options: *opts,
+                        identifier: id,
+                        share: share.clone(),
+                    },
+                );
+                existed
+            };
+            codes.push(granted as u8);
+            let send_retained = share.is_none()
+                && match opts.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+            if send_retained {
+                retained_to_send.push((filter, opts.qos, id));
+            }
+        }
+        self.send(Packet::SubAck(SubAck {
+            packet_id: sub.packet_id,
+            codes,
+            properties: Properties::default(),
+        }));
+        for (filter, max_qos, id) in retained_to_send {
+            for (_topic, msg) in vhost.retained().matching(&filter) {
+                let out = mapping::from_message(&msg, None, now);
+                let mut props = out.properties;
+                props.subscription_identifiers = id.into_iter().collect();
+                let qos = max_qos.min(out.qos);
+                // Sent on subscribe, retained messages keep the flag.
+                self.send_publish(&out.topic, qos, true, props, &msg.body, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Fatal> {
+        let Some(vhost) = self.vhost.clone() else {
+            return Ok(());
+        };
+        let Some(session) = self.session.clone() else {
+            return Ok(());
+        };
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for raw in &u.filters {
+            let Ok((share, filter)) = parse_shared(raw) else {
+                codes.push(0x8F);
+                continue;
+            };
+            let removed = {
+                let mut s = session.lock();
+                match s.subscriptions.get(&filter) {
+                    Some(sub) if sub.share == share => s.subscriptions.remove(&filter),
+                    _ => None,
+                }
+            };
+            match removed {
+                Some(sub) => {
+                    let key = mapping::filter_to_binding_key(&filter);
+                    let queue_name = match &sub.share {
+                        Some(g) => {
+                            let name = shared_queue_name(g, &filter);
+                            if let Some(pos) =
+                                self.consumers.iter().position(|c| *c.queue.name() == *name)
+                            {
+                                let c = self.consumers.remove(pos);
+                                c.queue.remove_consumer(c.id);
+                            }
+                            name
+                        }
+                        None => session.lock().queue.name().to_string(),
+                    };
+                    if sub.share.is_none() {
+                        let _ = vhost.unbind_queue(
+                            &queue_name,
+                            MQTT_EXCHANGE,
+                            &key,
+                            Default::default(),
+                            self.id,
+                        );
+                    }
+                    codes.push(0x00);
+                }
+                None => codes.push(0x11),
+            }
+        }
+        if self.protocol != Protocol::V5 {
+            codes.clear();
+        }
+        self.send(Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            codes,
+            properties: Properties::default(),
+        }));
+        Ok(())
+    }
+}
+
+/// Split `$share/{group}/{filter}`. `Err` for a malformed share name.
+fn parse_shared(filter: &str) -> Result<(Option<String>, String), ()> {
+    match filter.strip_prefix("$share/") {
+        None => Ok((None, filter.to_owned())),
+        Some(rest) => match rest.split_once('/') {
+            Some((group, f))
+                if !group.is_empty() && !group.contains(['+', '#']) && !f.is_empty() =>
+            {
+                Ok((Some(group.to_owned()), f.to_owned()))
+            }
+            _ => Err(()),
+        },
+    }
+}
+
+/// Options of a queue holding messages for MQTT subscribers: bounded, the
+/// oldest dropped first.
+pub(crate) fn queue_options(durable: bool, max_len: u32) -> liebre_core::QueueOptions {
+    let mut arguments = liebre_amqp_codec::FieldTable::default();
+    arguments.insert(
+        liebre_amqp_codec::ShortStr::from("x-max-length"),
+        liebre_amqp_codec::FieldValue::I64(i64::from(max_len)),
+    );
+    liebre_core::QueueOptions {
+        durable,
+        arguments,
+        ..Default::default()
+    }
+}
+
+/// The queue shared by the members of `$share/{group}/{filter}`.
+fn shared_queue_name(group: &str, filter: &str) -> String {
+    format!("mqtt-shared-{group}-{filter}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_subscription_names() {
+        assert_eq!(parse_shared("a/b"), Ok((None, "a/b".into())));
+        assert_eq!(
+            parse_shared("$share/g1/a/+"),
+            Ok((Some("g1".into()), "a/+".into()))
+        );
+        assert!(parse_shared("$share/g1").is_err());
+        assert!(parse_shared("$share//a").is_err());
+        assert!(parse_shared("$share/g+/a").is_err());
+    }
+}

@@ -1,0 +1,385 @@
+//! MQTT sessions: the state that outlives a connection.
+//!
+//! A session is a core queue bound to `amq.topic` (as in RabbitMQ's MQTT
+//! plugin), the client's subscriptions, and the QoS 1/2 messages in
+//! flight with their packet identifiers, which a resumed session resends
+//! with DUP set and the same identifiers. The [`Sessions`] registry finds
+//! a session by (vhost, client id), takes it over from an older
+//! connection, and expires it ([`Sessions::tick`]) when its Session
+//! Expiry Interval has passed with no connection. Delayed wills are
+//! published from the same tick.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use liebre_core::{ConsumerSink, Delivery, Outbox, Queue, Wake};
+use liebre_mqtt_codec::{QoS, SubscriptionOptions};
+use parking_lot::Mutex;
+
+use crate::mapping::MQTT_EXCHANGE;
+
+/// What a connection's outbox carries.
+#[derive(Debug)]
+pub enum MqttEvent {
+    /// A message from one of the session's queues.
+    Deliver(Delivery, Arc<MqttConsumer>),
+}
+
+/// A connection's outbox.
+pub type MqttOutbox = Outbox<MqttEvent>;
+
+/// One subscription of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    /// Requested options (QoS is the granted maximum).
+    pub options: SubscriptionOptions,
+    /// MQTT 5 Subscription Identifier.
+    pub identifier: Option<u32>,
+    /// Shared subscription group, if `$share/{group}/...`.
+    pub share: Option<String>,
+}
+
+/// A message sent to the client and not yet fully acknowledged.
+#[derive(Debug)]
+pub struct InFlight {
+    /// The core delivery, `None` for retained messages sent on subscribe.
+    pub delivery: Option<Delivery>,
+    /// The consumer whose credit it holds.
+    pub consumer: Option<Arc<MqttConsumer>>,
+    /// QoS it was sent with (1 or 2).
+    pub qos: QoS,
+    /// QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP.
+    pub released: bool,
+    /// What to resend: the encoded PUBLISH (without DUP) for resumption.
+    pub packet: bytes::Bytes,
+}
+
+/// A will waiting for its delay to pass.
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    /// When to publish.
+    pub due: Instant,
+    /// The message.
+    pub message: Arc<liebre_core::Message>,
+    /// MQTT topic, for the retained store.
+    pub topic: String,
+    /// Publish retained.
+    pub retain: bool,
+}
+
+/// The persistent part of an MQTT session.
+#[derive(Debug)]
+pub struct Session {
+    /// Client identifier.
+    pub client_id: String,
+    /// Its vhost.
+    pub vhost: Arc<liebre_core::VHost>,
+    /// The session queue (`mqtt-subscription-{client_id}qos1`).
+    pub queue: Arc<Queue>,
+    /// Subscriptions by topic filter (without any `$share/` prefix).
+    pub subscriptions: BTreeMap<String, Subscription>,
+    /// Outgoing QoS 1/2 messages by packet id.
+    pub inflight: BTreeMap<u16, InFlight>,
+    /// Incoming QoS 2 packet ids between PUBREC and PUBREL.
+    pub incoming_qos2: HashSet<u16>,
+    next_packet_id: u16,
+    /// Session Expiry Interval.
+    pub expiry: Duration,
+    /// When the last connection went away (None while connected).
+    pub disconnected_at: Option<Instant>,
+    /// The attached connection, for takeover.
+    pub connection: Option<Arc<ConnectionHandle>>,
+    /// A will waiting for its delay.
+    pub pending_will: Option<PendingWill>,
+}
+
+impl Session {
+    /// A packet identifier not in use by an in-flight message.
+    pub fn next_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..=u16::MAX {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.next_packet_id) {
+                return Some(self.next_packet_id);
+            }
+        }
+        None
+    }
+
+    /// The session queue's name for `client_id`, as RabbitMQ names it.
+    pub fn queue_name(client_id: &str) -> String {
+        format!("mqtt-subscription-{client_id}qos1")
+    }
+
+    /// Drop everything: unbind, delete the queue, settle in-flight messages.
+    pub fn destroy(&mut self) {
+        for (_, f) in std::mem::take(&mut self.inflight) {
+            if let (Some(d), Some(c)) = (f.delivery, f.consumer) {
+                c.release(1);
+                d.queue.ack(1);
+            }
+        }
+        self.vhost.delete_queue_unchecked(self.queue.name());
+        self.subscriptions.clear();
+    }
+}
+
+/// A connection as the registry sees it: enough to take it over.
+#[derive(Debug)]
+pub struct ConnectionHandle {
+    /// Broker-wide connection id.
+    pub id: u64,
+    /// Set when another connection took the session over; the value is
+    /// the MQTT 5 reason code to disconnect with (0x8E).
+    pub kicked: AtomicU8,
+    /// Wakes the connection's task.
+    pub waker: Arc<dyn WakeDebug>,
+}
+
+/// `Wake` plus `Debug`, for handles stored in the registry.
+pub trait WakeDebug: Wake + std::fmt::Debug {}
+impl<T: Wake + std::fmt::Debug> WakeDebug for T {}
+
+impl ConnectionHandle {
+    /// Ask the connection to go away with `reason`.
+    pub fn kick(&self, reason: u8) {
+        self.kicked.store(reason, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// (vhost, client id).
+type SessionKey = (String, String);
+
+/// Every MQTT session of the broker.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<SessionKey, Arc<Mutex<Session>>>>,
+}
+
+/// The outcome of looking a session up at CONNECT.
+pub struct Attached {
+    /// The session.
+    pub session: Arc<Mutex<Session>>,
+    /// It existed before (CONNACK Session Present).
+    pub present: bool,
+}
+
+impl Sessions {
+    /// Find or create the session of `client_id` for a new connection,
+    /// taking it over from any connection that holds it.
+    pub fn attach(
+        &self,
+        vhost: &Arc<liebre_core::VHost>,
+        client_id: &str,
+        clean_start: bool,
+        handle: Arc<ConnectionHandle>,
+        conn_id: u64,
+        max_queued: u32,
+    ) -> Result<Attached, liebre_core::CoreError> {
+        let key = (vhost.name().to_owned(), client_id.to_owned());
+        let mut map = self.map.lock();
+        if let Some(existing) = map.get(&key).cloned() {
+            let mut s = existing.lock();
+            if let Some(old) = s.connection.take() {
+                old.kick(0x8E);
+            }
+            if !clean_start {
+                s.connection = Some(handle);
+                s.disconnected_at = None;
+                drop(s);
+                return Ok(Attached {
+                    session: existing,
+                    present: true,
+                });
+            }
+            s.destroy();
+            drop(s);
+            map.remove(&key);
+        }
+        let name = Session::queue_name(client_id);
+        // A leftover queue of an earlier session of this client goes first.
+        vhost.delete_queue_unchecked(&name);
+        let queue = vhost.declare_queue(
+            &name,
+            crate::connection::queue_options(!clean_start, max_queued),
+            false,
+            conn_id,
+        )?;
+        let session = Arc::new(Mutex::new(Session {
+            client_id: client_id.to_owned(),
+            vhost: vhost.clone(),
+            queue,
+            subscriptions: BTreeMap::new(),
+            inflight: BTreeMap::new(),
+            incoming_qos2: HashSet::new(),
+            next_packet_id: 0,
+            expiry: Duration::ZERO,
+            disconnected_at: None,
+            connection: Some(handle),
+            pending_will: None,
+        }));
+        map.insert(key, session.clone());
+        Ok(Attached {
+            session,
+            present: false,
+        })
+    }
+
+    /// The connection holding `session` went away. A session with no
+    /// expiry interval ends now.
+    pub fn detach(&self, session: &Arc<Mutex<Session>>, conn_id: u64, now: Instant) {
+        let mut map = self.map.lock();
+        let mut s = session.lock();
+        if s.connection.as_ref().is_some_and(|c| c.id != conn_id) {
+            return; // taken over: the session lives on with the new connection
+        }
+        s.connection = None;
+        s.disconnected_at = Some(now);
+        if s.expiry.is_zero() {
+            if let Some(w) = s.pending_will.take() {
+                publish_will(&s.vhost, w);
+            }
+            s.destroy();
+            let key = (s.vhost.name().to_owned(), s.client_id.clone());
+            drop(s);
+            if map.get(&key).is_some_and(|x| Arc::ptr_eq(x, session)) {
+                map.remove(&key);
+            }
+        }
+    }
+
+    /// Expire sessions whose interval has passed and publish delayed wills
+    /// that are due.
+    pub fn tick(&self, now: Instant) {
+        let mut map = self.map.lock();
+        map.retain(|_, session| {
+            let mut s = session.lock();
+            let due = s.pending_will.as_ref().is_some_and(|w| w.due <= now);
+            let expired = s
+                .disconnected_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= s.expiry);
+            if due || (expired && s.pending_will.is_some()) {
+                if let Some(w) = s.pending_will.take() {
+                    publish_will(&s.vhost, w);
+                }
+            }
+            if expired {
+                s.destroy();
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Number of sessions (connected or not).
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Publish a will now: route it through `amq.topic` and keep it retained
+/// if it asked to be.
+pub fn publish_will(vhost: &liebre_core::VHost, w: PendingWill) {
+    if w.retain {
+        let keep = (!w.message.body.is_empty()).then(|| w.message.clone());
+        vhost.retained().set(&w.topic, keep);
+    }
+    if let Err(e) = vhost.publish(MQTT_EXCHANGE, w.message) {
+        tracing::debug!(message = "Will not published.", %e);
+    }
+}
+
+/// A session's consumer on one queue. Credit is the client's Receive
+/// Maximum: messages awaiting PUBACK/PUBCOMP plus those not yet written.
+pub struct MqttConsumer {
+    /// Broker-wide consumer id.
+    pub id: u64,
+    /// The queue consumed.
+    pub queue: Arc<Queue>,
+    /// Deliveries not yet settled.
+    pub in_flight: AtomicU32,
+    /// The client's Receive Maximum.
+    pub max_in_flight: u32,
+    /// It was refused credit: kick the queue when credit returns.
+    pub starved: AtomicBool,
+    /// The connection's outbox.
+    pub outbox: Arc<MqttOutbox>,
+    me: std::sync::Weak<MqttConsumer>,
+}
+
+impl std::fmt::Debug for MqttConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConsumer")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl MqttConsumer {
+    /// A consumer of `queue` for a connection.
+    pub fn new(
+        id: u64,
+        queue: Arc<Queue>,
+        max_in_flight: u32,
+        outbox: Arc<MqttOutbox>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            id,
+            queue,
+            in_flight: AtomicU32::new(0),
+            max_in_flight,
+            starved: AtomicBool::new(false),
+            outbox,
+            me: me.clone(),
+        })
+    }
+
+    /// Return the credit of `n` settled messages.
+    pub fn release(&self, n: u32) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
+    /// Retry the queue if this consumer was refused credit.
+    pub fn kick_if_starved(&self) {
+        if self.starved.swap(false, Ordering::AcqRel) {
+            self.queue.kick();
+        }
+    }
+}
+
+impl ConsumerSink for MqttConsumer {
+    fn try_reserve(&self) -> bool {
+        if !self.outbox.is_full() {
+            if self.in_flight.fetch_add(1, Ordering::AcqRel) < self.max_in_flight {
+                return true;
+            }
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.starved.store(true, Ordering::Release);
+        false
+    }
+
+    fn deliver(&self, delivery: Delivery) {
+        let Some(me) = self.me.upgrade() else { return };
+        let size = delivery.message.body.len();
+        self.outbox.push(MqttEvent::Deliver(delivery, me), size);
+    }
+
+    fn cancelled(&self, _consumer_tag: &liebre_amqp_codec::ShortStr) {
+        // The session queue was deleted under the session (vhost deleted or
+        // an operator deleted it): nothing more will arrive. The connection
+        // notices nothing; a new subscription recreates the binding on the
+        // new queue at the next session.
+    }
+}

@@ -1,0 +1,117 @@
+//! The MQTT listeners: plain TCP, and WebSocket on paths `/mqtt` and `/ws`
+//! with the `mqtt` / `mqttv3.1` subprotocols.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use liebre_mqtt::{MqttConnection, MqttContext};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn, Instrument};
+
+use crate::driver::{drive, drive_ws, NotifyWaker};
+
+/// Accept MQTT connections until shutdown.
+pub async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<MqttContext>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = token.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let waker = Arc::new(NotifyWaker::default());
+                let conn = MqttConnection::new(ctx.clone(), peer, waker.clone(), Instant::now());
+                let span = tracing::info_span!("mqtt", %peer);
+                let (rd, wr) = stream.into_split();
+                tracker.spawn(drive(conn, rd, wr, waker, token.clone()).instrument(span));
+            }
+            Err(e) => {
+                warn!(message = "Accept failed.", %e);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Accept MQTT-over-WebSocket connections until shutdown.
+pub async fn accept_ws_loop(
+    listener: TcpListener,
+    ctx: Arc<MqttContext>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = token.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(message = "Accept failed.", %e);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let token = token.clone();
+        let span = tracing::info_span!("mqtt-ws", %peer);
+        tracker.spawn(
+            async move {
+                let handshake = tokio_tungstenite::accept_hdr_async(stream, negotiate);
+                let ws = match tokio::time::timeout(std::time::Duration::from_secs(10), handshake)
+                    .await
+                {
+                    Ok(Ok(ws)) => ws,
+                    Ok(Err(e)) => {
+                        debug!(message = "WebSocket handshake failed.", %e);
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let waker = Arc::new(NotifyWaker::default());
+                let conn = MqttConnection::new(ctx, peer, waker.clone(), Instant::now());
+                drive_ws(conn, ws, waker, token).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Check the path and pick the MQTT subprotocol.
+#[allow(clippy::result_large_err)] // the signature is tungstenite's callback type
+fn negotiate(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let path = req.uri().path();
+    if path != "/mqtt" && path != "/ws" {
+        let mut err = ErrorResponse::new(Some(format!(
+            "no MQTT endpoint at {path}; use /mqtt or /ws"
+        )));
+        *err.status_mut() = StatusCode::NOT_FOUND;
+        return Err(err);
+    }
+    let offered = req
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(str::trim))
+        .find(|p| matches!(*p, "mqtt" | "mqttv3.1"))
+        .map(str::to_owned);
+    if let Some(p) = offered {
+        if let Ok(v) = HeaderValue::from_str(&p) {
+            resp.headers_mut().insert("Sec-WebSocket-Protocol", v);
+        }
+    }
+    Ok(resp)
+}
