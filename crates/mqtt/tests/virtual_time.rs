@@ -1,0 +1,245 @@
+//! Keepalive, will delay and session expiry under virtual time: the
+//! connection state machine and the session registry are driven with
+//! instants we choose, so nothing here sleeps.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use liebre_auth::AuthStore;
+use liebre_core::{Broker, ManualClock, QueueOptions, VHost, Wake};
+use liebre_mqtt::{MqttConfig, MqttConnection, MqttContext};
+use liebre_mqtt_codec::{self as codec, Connect, LastWill, Packet, Properties, Protocol, QoS, Str};
+
+#[derive(Default)]
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Harness {
+    ctx: Arc<MqttContext>,
+    vhost: Arc<VHost>,
+    t0: Instant,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let clock = Arc::new(ManualClock::default());
+        let t0 = liebre_core::Clock::now(&*clock);
+        let broker = Arc::new(Broker::new(clock));
+        let vhost = broker.vhost("/").expect("default vhost");
+        let ctx = Arc::new(MqttContext {
+            broker,
+            auth: Arc::new(AuthStore::default()),
+            sessions: Default::default(),
+            config: MqttConfig::default(),
+        });
+        Self { ctx, vhost, t0 }
+    }
+
+    /// A queue bound to `amq.topic` with `#`: sees every MQTT publish.
+    fn capture(&self) -> Arc<liebre_core::Queue> {
+        let q = self
+            .vhost
+            .declare_queue("capture", QueueOptions::default(), false, 0)
+            .expect("declare");
+        self.vhost
+            .bind_queue("capture", "amq.topic", "#", Default::default(), 0)
+            .expect("bind");
+        q
+    }
+
+    fn connect(&self, connect: Connect, now: Instant) -> (MqttConnection, Vec<Packet>) {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        let mut conn = MqttConnection::new(self.ctx.clone(), peer, Arc::new(CountingWaker::default()), now);
+        let protocol = connect.protocol;
+        let mut buf = BytesMut::new();
+        codec::encode(&Packet::Connect(connect), protocol, &mut buf).expect("encode");
+        conn.handle_input(&mut buf, now);
+        let out = drain(&mut conn, protocol, now);
+        (conn, out)
+    }
+}
+
+fn drain(conn: &mut MqttConnection, protocol: Protocol, now: Instant) -> Vec<Packet> {
+    let mut out = BytesMut::new();
+    conn.poll_transmit(&mut out, now);
+    let mut packets = Vec::new();
+    while let Some(p) = codec::decode(&mut out, Some(protocol), u32::MAX).expect("server output decodes") {
+        packets.push(p);
+    }
+    packets
+}
+
+fn connect_packet(protocol: Protocol, client_id: &str, keep_alive: u16, clean: bool) -> Connect {
+    Connect {
+        protocol,
+        clean_start: clean,
+        keep_alive,
+        client_id: Str::from(client_id),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
+fn will(delay: Option<u32>) -> LastWill {
+    LastWill {
+        topic: Str::from("plant/north/status"),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval: delay,
+            ..Default::default()
+        },
+    }
+}
+
+fn connack_code(packets: &[Packet]) -> u8 {
+    match packets.first() {
+        Some(Packet::ConnAck(c)) => c.code,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn keepalive_is_enforced_at_one_and_a_half_times_and_fires_the_will() {
+    let h = Harness::new();
+    let capture = h.capture();
+    let mut c = connect_packet(Protocol::V5, "sensor-1", 10, true);
+    c.will = Some(will(None));
+    let (mut conn, out) = h.connect(c, h.t0);
+    assert_eq!(connack_code(&out), 0);
+    assert_eq!(conn.poll_timeout(), Some(h.t0 + Duration::from_secs(15)));
+
+    conn.handle_timeout(h.t0 + Duration::from_millis(14_999));
+    assert!(!conn.is_closed(), "closed before 1.5 x keepalive");
+    // A PINGREQ at 14 s moves the deadline.
+    let mut ping = BytesMut::new();
+    codec::encode(&Packet::PingReq, Protocol::V5, &mut ping).expect("encode");
+    conn.handle_input(&mut ping, h.t0 + Duration::from_secs(14));
+    assert_eq!(drain(&mut conn, Protocol::V5, h.t0), vec![Packet::PingResp]);
+    conn.handle_timeout(h.t0 + Duration::from_secs(28));
+    assert!(!conn.is_closed());
+    assert!(capture.get(true).is_none(), "no will while alive");
+
+    conn.handle_timeout(h.t0 + Duration::from_secs(29));
+    assert!(conn.is_closed());
+    let out = drain(&mut conn, Protocol::V5, h.t0);
+    assert!(
+        matches!(out.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x8D),
+        "expected DISCONNECT 0x8D, got {out:?}"
+    );
+    let w = capture.get(true).expect("will published on keepalive timeout");
+    assert_eq!(&w.message.body[..], b"offline");
+}
+
+#[test]
+fn will_waits_for_its_delay_and_a_reconnect_cancels_it() {
+    let h = Harness::new();
+    let capture = h.capture();
+    let mut c = connect_packet(Protocol::V5, "sensor-2", 0, false);
+    c.properties.session_expiry_interval = Some(300);
+    c.will = Some(will(Some(30)));
+    let (mut conn, _) = h.connect(c.clone(), h.t0);
+    conn.handle_disconnect(h.t0);
+
+    h.ctx.sessions.tick(h.t0 + Duration::from_secs(29));
+    assert!(capture.get(true).is_none(), "will sent before its delay");
+    h.ctx.sessions.tick(h.t0 + Duration::from_secs(30));
+    assert!(capture.get(true).is_some(), "will not sent after its delay");
+
+    // Second round: the client comes back in time, so no will.
+    let t1 = h.t0 + Duration::from_secs(100);
+    let (mut conn, out) = h.connect(c.clone(), t1);
+    assert_eq!(connack_code(&out), 0);
+    conn.handle_disconnect(t1);
+    let (_back, out) = h.connect(c, t1 + Duration::from_secs(10));
+    assert!(matches!(out.first(), Some(Packet::ConnAck(a)) if a.session_present));
+    h.ctx.sessions.tick(t1 + Duration::from_secs(60));
+    assert!(capture.get(true).is_none(), "will sent although the client reconnected");
+}
+
+#[test]
+fn will_delay_is_cut_short_by_session_expiry() {
+    let h = Harness::new();
+    let capture = h.capture();
+    let mut c = connect_packet(Protocol::V5, "sensor-3", 0, true);
+    c.properties.session_expiry_interval = Some(10);
+    c.will = Some(will(Some(600)));
+    let (mut conn, _) = h.connect(c, h.t0);
+    conn.handle_disconnect(h.t0);
+    h.ctx.sessions.tick(h.t0 + Duration::from_secs(9));
+    assert!(capture.get(true).is_none());
+    assert_eq!(h.ctx.sessions.len(), 1);
+    h.ctx.sessions.tick(h.t0 + Duration::from_secs(10));
+    assert!(capture.get(true).is_some(), "session end must publish the will");
+    assert_eq!(h.ctx.sessions.len(), 0);
+}
+
+#[test]
+fn normal_disconnect_discards_the_will_but_reason_4_sends_it() {
+    let h = Harness::new();
+    let capture = h.capture();
+    for (reason, expect_will) in [(0x00u8, false), (0x04u8, true)] {
+        let mut c = connect_packet(Protocol::V5, &format!("sensor-d{reason}"), 0, true);
+        c.will = Some(will(None));
+        let (mut conn, _) = h.connect(c, h.t0);
+        let mut buf = BytesMut::new();
+        let d = codec::Disconnect {
+            reason,
+            properties: Properties::default(),
+        };
+        codec::encode(&Packet::Disconnect(d), Protocol::V5, &mut buf).expect("encode");
+        conn.handle_input(&mut buf, h.t0);
+        assert!(conn.is_closed());
+        assert_eq!(capture.get(true).is_some(), expect_will, "reason {reason:#x}");
+    }
+}
+
+#[test]
+fn persistent_session_expires_after_its_interval_and_takes_its_queue() {
+    let h = Harness::new();
+    let mut c = connect_packet(Protocol::V5, "printer-7", 0, false);
+    c.properties.session_expiry_interval = Some(5);
+    let (mut conn, _) = h.connect(c.clone(), h.t0);
+    conn.handle_disconnect(h.t0);
+    let queue = "mqtt-subscription-printer-7qos1";
+    h.ctx.sessions.tick(h.t0 + Duration::from_secs(4));
+    assert!(h.vhost.queue(queue).is_some(), "session gone too early");
+    h.ctx.sessions.tick(h.t0 + Duration::from_secs(5));
+    assert!(h.vhost.queue(queue).is_none(), "session queue outlived the session");
+    let (_conn, out) = h.connect(c, h.t0 + Duration::from_secs(6));
+    assert!(matches!(out.first(), Some(Packet::ConnAck(a)) if !a.session_present));
+}
+
+#[test]
+fn v311_persistent_session_never_expires_by_default() {
+    let h = Harness::new();
+    let c = connect_packet(Protocol::V311, "printer-8", 0, false);
+    let (mut conn, _) = h.connect(c.clone(), h.t0);
+    conn.handle_disconnect(h.t0);
+    h.ctx.sessions.tick(h.t0 + Duration::from_secs(30 * 24 * 3600));
+    let (_conn, out) = h.connect(c, h.t0 + Duration::from_secs(30 * 24 * 3600));
+    assert!(matches!(out.first(), Some(Packet::ConnAck(a)) if a.session_present));
+}
+
+#[test]
+fn connect_timeout_closes_a_silent_socket() {
+    let h = Harness::new();
+    let peer: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
+    let mut conn = MqttConnection::new(h.ctx.clone(), peer, Arc::new(CountingWaker::default()), h.t0);
+    let deadline = conn.poll_timeout().expect("a CONNECT deadline");
+    conn.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(!conn.is_closed());
+    conn.handle_timeout(deadline);
+    assert!(conn.is_closed());
+}
