@@ -17,7 +17,7 @@ use liebre_amqp_codec::{
     FieldValue, Frame, Method, ShortStr,
 };
 use liebre_auth::{Access, AuthError, AuthStore};
-use liebre_core::{Broker, Consumer, Message, QueueOptions, VHost};
+use liebre_core::{Broker, Consumer, Message, Metrics, QueueOptions, VHost};
 use tracing::debug;
 
 use crate::channel::{
@@ -1132,6 +1132,7 @@ impl Connection {
                     &msg.body,
                     frame_max,
                 );
+                Metrics::add(&self.ctx.broker.metrics().messages_sent, 1);
             }
         }
         Ok(())
@@ -1404,6 +1405,7 @@ impl Connection {
             return;
         }
         let frame_max = self.frame_max;
+        let mut sent = 0u64;
         for event in self.outbox.drain() {
             match event {
                 OutEvent::Deliver {
@@ -1449,6 +1451,7 @@ impl Connection {
                         &msg.body,
                         frame_max,
                     );
+                    sent += 1;
                 }
                 OutEvent::Cancel {
                     channel,
@@ -1470,6 +1473,7 @@ impl Connection {
                 }
             }
         }
+        Metrics::add(&self.ctx.broker.metrics().messages_sent, sent);
     }
 
     /// Requeue a channel's unacked messages and detach its consumers, keeping the channel entry.

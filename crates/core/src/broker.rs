@@ -8,6 +8,7 @@ use parking_lot::RwLock;
 
 use crate::error::{CoreError, Result};
 use crate::message::{Clock, SystemClock};
+use crate::metrics::Metrics;
 use crate::vhost::VHost;
 
 /// The routing core's root. Protocol front ends, the management API and
@@ -17,6 +18,8 @@ pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     clock: Arc<dyn Clock>,
     ids: AtomicU64,
+    metrics: Arc<Metrics>,
+    started: std::time::Instant,
 }
 
 impl Default for Broker {
@@ -28,10 +31,13 @@ impl Default for Broker {
 impl Broker {
     /// A broker with the default vhost `/`.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let started = clock.now();
         let b = Self {
             vhosts: RwLock::new(HashMap::new()),
             clock,
             ids: AtomicU64::new(1),
+            metrics: Arc::new(Metrics::default()),
+            started,
         };
         b.add_vhost("/");
         b
@@ -40,6 +46,16 @@ impl Broker {
     /// The clock everything in this broker reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// Broker-wide counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// How long the broker has been running.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.clock.now().saturating_duration_since(self.started)
     }
 
     /// A fresh broker-wide id (connections, consumers).
@@ -63,7 +79,7 @@ impl Broker {
         self.vhosts
             .write()
             .entry(name.to_owned())
-            .or_insert_with(|| VHost::new(name, self.clock.clone()))
+            .or_insert_with(|| VHost::new(name, self.clock.clone(), self.metrics.clone()))
             .clone()
     }
 

@@ -14,6 +14,7 @@
 //! - [`topic`]: the topic trie (AMQP topic exchanges, MQTT filters).
 //! - [`queue`]: ready/unacked messages, consumers, TTL, length limits.
 //! - [`message`]: the shared message, deliveries, clocks.
+//! - [`metrics`]: broker-wide counters.
 //! - [`outbox`]: a connection's bounded inbox of deliveries.
 //! - [`retained`]: retained messages per topic (MQTT).
 
@@ -21,6 +22,7 @@ pub mod broker;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod metrics;
 pub mod outbox;
 pub mod queue;
 pub mod retained;
@@ -31,6 +33,7 @@ pub use broker::Broker;
 pub use error::{CoreError, Result};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 pub use message::{Clock, Delivery, ManualClock, Message, SystemClock};
+pub use metrics::Metrics;
 pub use outbox::{Outbox, Wake};
 pub use queue::{
     Consumer, ConsumerSink, Got, Queue, QueueArgs, QueueOptions, QueueStats, Returned,

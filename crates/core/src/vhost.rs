@@ -48,6 +48,7 @@ pub struct VHost {
     exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortStr, Arc<Queue>>>,
     retained: crate::retained::Retained,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for VHost {
@@ -58,7 +59,11 @@ impl std::fmt::Debug for VHost {
 
 impl VHost {
     /// A vhost with the built-in exchanges.
-    pub fn new(name: &str, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub fn new(
+        name: &str,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
         let exchanges = BUILTIN_EXCHANGES
             .iter()
             .map(|&(n, kind, internal)| {
@@ -77,6 +82,7 @@ impl VHost {
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
             retained: Default::default(),
+            metrics,
         })
     }
 
@@ -659,6 +665,10 @@ impl VHost {
             }
         }
         let routed = self.route(exchange, &message)?;
+        crate::metrics::Metrics::add(&self.metrics.messages_received, 1);
+        if routed.is_empty() {
+            crate::metrics::Metrics::add(&self.metrics.messages_unroutable, 1);
+        }
         Ok(self.enqueue_all(&routed, message))
     }
 
@@ -912,7 +922,7 @@ mod tests {
 
     fn setup() -> (Arc<ManualClock>, Arc<VHost>) {
         let clock = Arc::new(ManualClock::default());
-        let v = VHost::new("/", clock.clone());
+        let v = VHost::new("/", clock.clone(), Default::default());
         (clock, v)
     }
 

@@ -956,6 +956,7 @@ impl MqttConnection {
             }
         }
         let props_ref = v5.then_some(&props);
+        liebre_core::Metrics::add(&self.ctx.broker.metrics().messages_sent, 1);
         let size = codec::publish_size(self.protocol, wire_topic, qos, props_ref, payload.len());
         if size as u64 > u64::from(self.client_max_packet) {
             // Larger than the client accepts: discarded as if delivered (5.0 §3.1.2.11.4).

@@ -12,11 +12,13 @@
 //!   topic aliases, wills.
 //! - [`session`]: sessions that outlive connections, takeover, expiry,
 //!   the consumer credit (Receive Maximum).
+//! - [`sys`]: the `$SYS/broker/...` topics.
 //! - [`mapping`]: topics, filters and properties between MQTT and AMQP.
 
 pub mod connection;
 pub mod mapping;
 pub mod session;
+pub mod sys;
 
 pub use connection::{MqttConfig, MqttConnection, MqttContext};
 pub use session::Sessions;

@@ -273,6 +273,24 @@ impl Sessions {
         });
     }
 
+    /// Subscriptions over all sessions.
+    pub fn subscription_count(&self) -> usize {
+        self.map
+            .lock()
+            .values()
+            .map(|s| s.lock().subscriptions.len())
+            .sum()
+    }
+
+    /// QoS 1/2 messages in flight to clients over all sessions.
+    pub fn inflight_count(&self) -> usize {
+        self.map
+            .lock()
+            .values()
+            .map(|s| s.lock().inflight.len())
+            .sum()
+    }
+
     /// Number of sessions (connected or not).
     pub fn len(&self) -> usize {
         self.map.lock().len()

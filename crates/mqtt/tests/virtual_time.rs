@@ -57,7 +57,12 @@ impl Harness {
 
     fn connect(&self, connect: Connect, now: Instant) -> (MqttConnection, Vec<Packet>) {
         let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
-        let mut conn = MqttConnection::new(self.ctx.clone(), peer, Arc::new(CountingWaker::default()), now);
+        let mut conn = MqttConnection::new(
+            self.ctx.clone(),
+            peer,
+            Arc::new(CountingWaker::default()),
+            now,
+        );
         let protocol = connect.protocol;
         let mut buf = BytesMut::new();
         codec::encode(&Packet::Connect(connect), protocol, &mut buf).expect("encode");
@@ -71,7 +76,9 @@ fn drain(conn: &mut MqttConnection, protocol: Protocol, now: Instant) -> Vec<Pac
     let mut out = BytesMut::new();
     conn.poll_transmit(&mut out, now);
     let mut packets = Vec::new();
-    while let Some(p) = codec::decode(&mut out, Some(protocol), u32::MAX).expect("server output decodes") {
+    while let Some(p) =
+        codec::decode(&mut out, Some(protocol), u32::MAX).expect("server output decodes")
+    {
         packets.push(p);
     }
     packets
@@ -138,7 +145,9 @@ fn keepalive_is_enforced_at_one_and_a_half_times_and_fires_the_will() {
         matches!(out.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x8D),
         "expected DISCONNECT 0x8D, got {out:?}"
     );
-    let w = capture.get(true).expect("will published on keepalive timeout");
+    let w = capture
+        .get(true)
+        .expect("will published on keepalive timeout");
     assert_eq!(&w.message.body[..], b"offline");
 }
 
@@ -165,7 +174,10 @@ fn will_waits_for_its_delay_and_a_reconnect_cancels_it() {
     let (_back, out) = h.connect(c, t1 + Duration::from_secs(10));
     assert!(matches!(out.first(), Some(Packet::ConnAck(a)) if a.session_present));
     h.ctx.sessions.tick(t1 + Duration::from_secs(60));
-    assert!(capture.get(true).is_none(), "will sent although the client reconnected");
+    assert!(
+        capture.get(true).is_none(),
+        "will sent although the client reconnected"
+    );
 }
 
 #[test]
@@ -181,7 +193,10 @@ fn will_delay_is_cut_short_by_session_expiry() {
     assert!(capture.get(true).is_none());
     assert_eq!(h.ctx.sessions.len(), 1);
     h.ctx.sessions.tick(h.t0 + Duration::from_secs(10));
-    assert!(capture.get(true).is_some(), "session end must publish the will");
+    assert!(
+        capture.get(true).is_some(),
+        "session end must publish the will"
+    );
     assert_eq!(h.ctx.sessions.len(), 0);
 }
 
@@ -201,7 +216,11 @@ fn normal_disconnect_discards_the_will_but_reason_4_sends_it() {
         codec::encode(&Packet::Disconnect(d), Protocol::V5, &mut buf).expect("encode");
         conn.handle_input(&mut buf, h.t0);
         assert!(conn.is_closed());
-        assert_eq!(capture.get(true).is_some(), expect_will, "reason {reason:#x}");
+        assert_eq!(
+            capture.get(true).is_some(),
+            expect_will,
+            "reason {reason:#x}"
+        );
     }
 }
 
@@ -216,7 +235,10 @@ fn persistent_session_expires_after_its_interval_and_takes_its_queue() {
     h.ctx.sessions.tick(h.t0 + Duration::from_secs(4));
     assert!(h.vhost.queue(queue).is_some(), "session gone too early");
     h.ctx.sessions.tick(h.t0 + Duration::from_secs(5));
-    assert!(h.vhost.queue(queue).is_none(), "session queue outlived the session");
+    assert!(
+        h.vhost.queue(queue).is_none(),
+        "session queue outlived the session"
+    );
     let (_conn, out) = h.connect(c, h.t0 + Duration::from_secs(6));
     assert!(matches!(out.first(), Some(Packet::ConnAck(a)) if !a.session_present));
 }
@@ -227,7 +249,9 @@ fn v311_persistent_session_never_expires_by_default() {
     let c = connect_packet(Protocol::V311, "printer-8", 0, false);
     let (mut conn, _) = h.connect(c.clone(), h.t0);
     conn.handle_disconnect(h.t0);
-    h.ctx.sessions.tick(h.t0 + Duration::from_secs(30 * 24 * 3600));
+    h.ctx
+        .sessions
+        .tick(h.t0 + Duration::from_secs(30 * 24 * 3600));
     let (_conn, out) = h.connect(c, h.t0 + Duration::from_secs(30 * 24 * 3600));
     assert!(matches!(out.first(), Some(Packet::ConnAck(a)) if a.session_present));
 }
@@ -236,7 +260,12 @@ fn v311_persistent_session_never_expires_by_default() {
 fn connect_timeout_closes_a_silent_socket() {
     let h = Harness::new();
     let peer: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
-    let mut conn = MqttConnection::new(h.ctx.clone(), peer, Arc::new(CountingWaker::default()), h.t0);
+    let mut conn = MqttConnection::new(
+        h.ctx.clone(),
+        peer,
+        Arc::new(CountingWaker::default()),
+        h.t0,
+    );
     let deadline = conn.poll_timeout().expect("a CONNECT deadline");
     conn.handle_timeout(deadline - Duration::from_millis(1));
     assert!(!conn.is_closed());

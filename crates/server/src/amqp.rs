@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{warn, Instrument};
 
-use crate::driver::{drive, NotifyWaker};
+use crate::driver::{drive, Kind, NotifyWaker};
 
 /// Accept AMQP connections until shutdown.
 pub async fn accept_loop(
@@ -29,8 +29,11 @@ pub async fn accept_loop(
                 let waker = Arc::new(NotifyWaker::default());
                 let conn = Connection::new(ctx.clone(), peer, waker.clone(), Instant::now());
                 let span = tracing::info_span!("amqp", %peer);
-                let (rd, wr) = stream.into_split();
-                tracker.spawn(drive(conn, rd, wr, waker, token.clone()).instrument(span));
+                let metrics = (ctx.broker.metrics().clone(), Kind::Amqp);
+                tracker.spawn(
+                    drive(conn, stream.into_split(), waker, token.clone(), metrics)
+                        .instrument(span),
+                );
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.

@@ -66,6 +66,9 @@ pub struct ServerArgs {
     /// Longest MQTT keepalive accepted, seconds; longer ones are cut (MQTT 5: Server Keep Alive) [default: 65535].
     #[arg(long, env = "LIEBRE_MQTT_MAX_KEEPALIVE", value_name = "SECONDS")]
     pub mqtt_max_keepalive: Option<u16>,
+    /// How often `$SYS/broker/...` topics are published, seconds (0: never) [default: 10].
+    #[arg(long, env = "LIEBRE_SYS_INTERVAL", value_name = "SECONDS")]
+    pub sys_interval: Option<u64>,
     /// Refuse MQTT clients that send no username (otherwise they are `guest`, loopback only) [default: false].
     #[arg(long, env = "LIEBRE_MQTT_NO_ANONYMOUS")]
     pub mqtt_no_anonymous: bool,
@@ -95,6 +98,8 @@ pub struct FileConfig {
     pub loopback_users: Option<Vec<String>>,
     /// See `--mqtt-max-keepalive`.
     pub mqtt_max_keepalive: Option<u16>,
+    /// See `--sys-interval`.
+    pub sys_interval: Option<u64>,
     /// `false` is `--mqtt-no-anonymous`.
     pub mqtt_allow_anonymous: Option<bool>,
     /// QoS 1/2 messages held for one offline MQTT session (oldest dropped first).
@@ -136,6 +141,8 @@ pub struct Config {
     pub mqtt_limits: liebre_mqtt::MqttConfig,
     /// Loopback-only users.
     pub loopback_users: Vec<String>,
+    /// `$SYS` publication interval (zero: off).
+    pub sys_interval: Duration,
     /// How long shutdown waits for clients to close.
     pub shutdown_grace: Duration,
 }
@@ -151,6 +158,7 @@ impl Default for Config {
             amqp_limits: liebre_amqp::AmqpConfig::default(),
             mqtt_limits: liebre_mqtt::MqttConfig::default(),
             loopback_users: vec!["guest".into()],
+            sys_interval: liebre_mqtt::sys::DEFAULT_INTERVAL,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -211,6 +219,9 @@ impl Config {
         }
         if let Some(u) = file.loopback_users {
             c.loopback_users = u;
+        }
+        if let Some(secs) = args.sys_interval.or(file.sys_interval) {
+            c.sys_interval = Duration::from_secs(secs);
         }
         if let Some(k) = args.mqtt_max_keepalive.or(file.mqtt_max_keepalive) {
             c.mqtt_limits.max_keepalive = k;

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use liebre_core::Wake;
+use std::sync::atomic::AtomicU64;
+
+use liebre_core::{Metrics, Wake};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -98,18 +100,53 @@ impl Wake for NotifyWaker {
     }
 }
 
+/// Which gauge counts a connection while it is open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Amqp,
+    Mqtt,
+}
+
+/// Counts a connection open for as long as it lives.
+struct Open {
+    metrics: Arc<Metrics>,
+    kind: Kind,
+}
+
+impl Open {
+    fn new(metrics: Arc<Metrics>, kind: Kind) -> Self {
+        Metrics::add(&metrics.connections_total, 1);
+        Metrics::add(open_gauge(&metrics, kind), 1);
+        Self { metrics, kind }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        Metrics::dec(open_gauge(&self.metrics, self.kind));
+    }
+}
+
+fn open_gauge(m: &Metrics, kind: Kind) -> &AtomicU64 {
+    match kind {
+        Kind::Amqp => &m.amqp_connections,
+        Kind::Mqtt => &m.mqtt_connections,
+    }
+}
+
 /// Run `conn` over a byte stream until it closes.
 pub(crate) async fn drive<C, R, W>(
     mut conn: C,
-    mut rd: R,
-    mut wr: W,
+    (mut rd, mut wr): (R, W),
     waker: Arc<NotifyWaker>,
     token: CancellationToken,
+    (metrics, kind): (Arc<Metrics>, Kind),
 ) where
     C: Driven,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let _open = Open::new(metrics.clone(), kind);
     let mut inbuf = BytesMut::new();
     let mut outbuf = BytesMut::new();
     let mut stopping = false;
@@ -137,10 +174,16 @@ pub(crate) async fn drive<C, R, W>(
                     eof = true;
                     outbuf.clear();
                 }
-                Ok(_) => conn.handle_input(&mut inbuf, Instant::now()),
+                Ok(n) => {
+                    Metrics::add(&metrics.bytes_received, n as u64);
+                    conn.handle_input(&mut inbuf, Instant::now());
+                }
             },
             w = wr.write(&outbuf), if !outbuf.is_empty() => match w {
-                Ok(n) => outbuf.advance(n),
+                Ok(n) => {
+                    Metrics::add(&metrics.bytes_sent, n as u64);
+                    outbuf.advance(n);
+                }
                 Err(_) => {
                     conn.handle_disconnect(Instant::now());
                     eof = true;
@@ -166,10 +209,12 @@ pub(crate) async fn drive_ws<C, S>(
     ws: WebSocketStream<S>,
     waker: Arc<NotifyWaker>,
     token: CancellationToken,
+    (metrics, kind): (Arc<Metrics>, Kind),
 ) where
     C: Driven,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let _open = Open::new(metrics.clone(), kind);
     let (mut sink, mut stream) = ws.split();
     let mut inbuf = BytesMut::new();
     let mut outbuf = BytesMut::new();
@@ -177,6 +222,7 @@ pub(crate) async fn drive_ws<C, S>(
     loop {
         conn.poll_transmit(&mut outbuf, Instant::now());
         if !outbuf.is_empty() {
+            Metrics::add(&metrics.bytes_sent, outbuf.len() as u64);
             let msg = WsMessage::Binary(outbuf.split().freeze());
             if sink.send(msg).await.is_err() {
                 break;
@@ -193,6 +239,7 @@ pub(crate) async fn drive_ws<C, S>(
             }
             m = stream.next() => match m {
                 Some(Ok(WsMessage::Binary(data))) => {
+                    Metrics::add(&metrics.bytes_received, data.len() as u64);
                     inbuf.extend_from_slice(&data);
                     conn.handle_input(&mut inbuf, Instant::now());
                 }

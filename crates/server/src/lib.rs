@@ -112,6 +112,9 @@ impl Server {
             ));
         }
         tracker.spawn(tick_loop(broker.clone(), mqtt.clone(), token.clone()));
+        if !config.sys_interval.is_zero() {
+            tracker.spawn(sys_loop(mqtt.clone(), config.sys_interval, token.clone()));
+        }
         Ok(Self {
             broker,
             auth,
@@ -222,6 +225,18 @@ async fn tick_loop(
                 broker.tick();
                 mqtt.sessions.tick(broker.clock().now());
             }
+        }
+    }
+}
+
+async fn sys_loop(mqtt: Arc<liebre_mqtt::MqttContext>, every: Duration, token: CancellationToken) {
+    let mut state = liebre_mqtt::sys::SysState::default();
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = interval.tick() => liebre_mqtt::sys::publish(&mqtt, &mut state, mqtt.broker.clock().now()),
         }
     }
 }

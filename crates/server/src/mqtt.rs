@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
-use crate::driver::{drive, drive_ws, NotifyWaker};
+use crate::driver::{drive, drive_ws, Kind, NotifyWaker};
 
 /// Accept MQTT connections until shutdown.
 pub async fn accept_loop(
@@ -32,8 +32,11 @@ pub async fn accept_loop(
                 let waker = Arc::new(NotifyWaker::default());
                 let conn = MqttConnection::new(ctx.clone(), peer, waker.clone(), Instant::now());
                 let span = tracing::info_span!("mqtt", %peer);
-                let (rd, wr) = stream.into_split();
-                tracker.spawn(drive(conn, rd, wr, waker, token.clone()).instrument(span));
+                let metrics = (ctx.broker.metrics().clone(), Kind::Mqtt);
+                tracker.spawn(
+                    drive(conn, stream.into_split(), waker, token.clone(), metrics)
+                        .instrument(span),
+                );
             }
             Err(e) => {
                 warn!(message = "Accept failed.", %e);
@@ -81,8 +84,9 @@ pub async fn accept_ws_loop(
                     Err(_) => return,
                 };
                 let waker = Arc::new(NotifyWaker::default());
+                let metrics = (ctx.broker.metrics().clone(), Kind::Mqtt);
                 let conn = MqttConnection::new(ctx, peer, waker.clone(), Instant::now());
-                drive_ws(conn, ws, waker, token).await;
+                drive_ws(conn, ws, waker, token, metrics).await;
             }
             .instrument(span),
         );
