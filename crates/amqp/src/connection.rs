@@ -1079,6 +1079,7 @@ impl Connection {
             tag: tag.clone(),
             no_ack: m.no_ack,
             exclusive: m.exclusive,
+            priority: consumer_priority(&m.arguments)?,
             sink: consumer.clone(),
         })?;
         self.channel_mut(ch)?
@@ -1502,6 +1503,17 @@ impl Connection {
     }
 }
 
+/// The `x-priority` consumer argument (RabbitMQ: an integer, default 0).
+fn consumer_priority(args: &FieldTable) -> Result<i32, AmqpError> {
+    match args.get("x-priority") {
+        None => Ok(0),
+        Some(v) => v
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| AmqpError::precondition("invalid arg 'x-priority': not an integer")),
+    }
+}
+
 fn short(s: &str) -> ShortStr {
     let mut end = s.len().min(255);
     while !s.is_char_boundary(end) {
@@ -1544,6 +1556,7 @@ fn server_properties() -> FieldTable {
         "connection.blocked",
         "authentication_failure_close",
         "per_consumer_qos",
+        "consumer_priorities",
         "direct_reply_to",
     ] {
         caps.insert(ShortStr::from(cap), FieldValue::Bool(true));

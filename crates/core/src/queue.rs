@@ -47,6 +47,9 @@ pub struct Consumer {
     pub no_ack: bool,
     /// It asked to be the queue's only consumer.
     pub exclusive: bool,
+    /// Consumer priority (`x-priority`): higher ones are served first
+    /// while they have credit; equal ones take turns.
+    pub priority: i32,
     /// Where deliveries go.
     pub sink: Arc<dyn ConsumerSink>,
 }
@@ -165,6 +168,28 @@ impl QueueArgs {
         }
         Ok(out)
     }
+}
+
+/// The consumer to offer the next message to: the first group of equal
+/// priority (highest first) in which someone has credit, taking turns
+/// within the group from `turn`.
+fn pick_consumer(consumers: &[Consumer], turn: usize) -> Option<usize> {
+    let mut start = 0;
+    while start < consumers.len() {
+        let prio = consumers[start].priority;
+        let len = consumers[start..]
+            .iter()
+            .take_while(|c| c.priority == prio)
+            .count();
+        let found = (0..len)
+            .map(|i| start + (turn + i) % len)
+            .find(|&i| consumers[i].sink.try_reserve());
+        if found.is_some() {
+            return found;
+        }
+        start += len;
+    }
+    None
 }
 
 /// Snapshot of a queue's counters.
@@ -565,15 +590,10 @@ impl Queue {
 
     fn deliver_ready(self: &Arc<Self>, st: &mut State, now: Instant, dead: &mut DeadLetters) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let n = st.consumers.len();
-            let start = st.next_consumer % n;
-            let Some(idx) = (0..n)
-                .map(|i| (start + i) % n)
-                .find(|&i| st.consumers[i].sink.try_reserve())
-            else {
+            let Some(idx) = pick_consumer(&st.consumers, st.next_consumer) else {
                 return;
             };
-            st.next_consumer = idx + 1;
+            st.next_consumer = st.next_consumer.wrapping_add(1);
             let Some(e) = st.ready.pop_front() else {
                 return;
             };
@@ -629,7 +649,11 @@ impl Queue {
                     self.name, self.vhost_name
                 )));
             }
-            st.consumers.push(consumer);
+            // Kept sorted by priority, highest first; equal ones in arrival order.
+            let pos = st
+                .consumers
+                .partition_point(|c| c.priority >= consumer.priority);
+            st.consumers.insert(pos, consumer);
             st.ever_consumed = true;
             st.last_used = now;
             self.dispatch(&mut st, now, &mut dead);

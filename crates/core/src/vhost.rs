@@ -932,6 +932,7 @@ mod tests {
             tag: ShortStr::from(format!("c{id}")),
             no_ack: false,
             exclusive: false,
+            priority: 0,
             sink,
         })
         .unwrap();
@@ -1272,5 +1273,37 @@ mod tests {
             .map(|g| String::from_utf8_lossy(&g.message.body).into_owned())
             .collect();
         assert_eq!(order, ["high", "over", "low", "low2", "none"]);
+    }
+
+    #[test]
+    fn higher_priority_consumers_are_served_first_while_they_have_credit() {
+        let (_, v) = setup();
+        let q = v
+            .declare_queue("cp", QueueOptions::default(), false, 1)
+            .unwrap();
+        let low = Arc::new(Sink {
+            prefetch: 5,
+            ..Default::default()
+        });
+        let high = Arc::new(Sink {
+            prefetch: 2,
+            ..Default::default()
+        });
+        for (id, prio, sink) in [(1, 1, low.clone()), (2, 10, high.clone())] {
+            q.add_consumer(Consumer {
+                id,
+                tag: ShortStr::from(format!("c{id}")),
+                no_ack: false,
+                exclusive: false,
+                priority: prio,
+                sink,
+            })
+            .unwrap();
+        }
+        for i in 0..4 {
+            v.publish("", msg("cp", &i.to_string())).unwrap();
+        }
+        assert_eq!(high.bodies(), ["0", "1"]);
+        assert_eq!(low.bodies(), ["2", "3"]);
     }
 }

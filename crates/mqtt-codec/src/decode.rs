@@ -34,8 +34,8 @@ const AUTH: u8 = 15;
 
 /// CONNACK reason codes of 5.0.
 const CONNACK_V5: &[u8] = &[
-    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95,
-    0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97,
+    0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
 ];
 /// PUBACK and PUBREC reason codes.
 const PUBACK_V5: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
@@ -51,8 +51,8 @@ const SUBACK_V5: &[u8] = &[
 const UNSUBACK_V5: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
 /// DISCONNECT reason codes.
 const DISCONNECT_V5: &[u8] = &[
-    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94,
-    0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
+    0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
 ];
 /// AUTH reason codes.
 const AUTH_V5: &[u8] = &[0x00, 0x18, 0x19];
@@ -162,7 +162,9 @@ fn check_first_byte(kind: u8, flags: u8, protocol: Option<Protocol>) -> Res<()> 
             if qos == 3 {
                 Err(DecodeError::MalformedPacket("PUBLISH with QoS 3"))
             } else if qos == 0 && flags & 0b1000 != 0 {
-                Err(DecodeError::MalformedPacket("DUP flag set on a QoS 0 PUBLISH"))
+                Err(DecodeError::MalformedPacket(
+                    "DUP flag set on a QoS 0 PUBLISH",
+                ))
             } else {
                 Ok(())
             }
@@ -315,8 +317,8 @@ fn decode_connect(mut r: Reader) -> Res<Connect> {
     }
     let clean_start = flags & 0x02 != 0;
     let will_flag = flags & 0x04 != 0;
-    let will_qos = QoS::from_u8((flags >> 3) & 3)
-        .ok_or(DecodeError::MalformedPacket("will QoS 3"))?;
+    let will_qos =
+        QoS::from_u8((flags >> 3) & 3).ok_or(DecodeError::MalformedPacket("will QoS 3"))?;
     let will_retain = flags & 0x20 != 0;
     let password_flag = flags & 0x40 != 0;
     let username_flag = flags & 0x80 != 0;
@@ -410,7 +412,8 @@ fn decode_connack(mut r: Reader, p: Protocol) -> Res<ConnAck> {
 fn decode_publish(mut r: Reader, flags: u8, p: Protocol) -> Res<Publish> {
     let v5 = p.is_v5();
     // QoS 3 was refused with the first byte.
-    let qos = QoS::from_u8((flags >> 1) & 3).ok_or(DecodeError::MalformedPacket("PUBLISH with QoS 3"))?;
+    let qos =
+        QoS::from_u8((flags >> 1) & 3).ok_or(DecodeError::MalformedPacket("PUBLISH with QoS 3"))?;
     let topic = r.string()?;
     let packet_id = if qos == QoS::AtMostOnce {
         0
@@ -449,7 +452,11 @@ fn decode_ack(mut r: Reader, p: Protocol, codes: &[u8]) -> Res<PubAck> {
     let packet_id = packet_id(&mut r)?;
     let (reason, properties) = reason_and_props(&mut r, p.is_v5(), Context::Ack)?;
     r.finish("trailing bytes after acknowledgement")?;
-    let reason = check_code(reason, codes, "reason code not allowed in this acknowledgement")?;
+    let reason = check_code(
+        reason,
+        codes,
+        "reason code not allowed in this acknowledgement",
+    )?;
     Ok(PubAck {
         packet_id,
         reason,

@@ -28,7 +28,8 @@
 //!   packet type that has fields.
 //! - `properties`: [`Properties`], the 5.0 property list shared by every
 //!   packet type, and the table of which properties each type allows.
-//! - `decode`: [`decode`], the fixed header and one parser per packet type.
+//! - `decode`: [`decode`], the fixed header and one parser per packet
+//!   type; [`connect_protocol`] peeks at a CONNECT's protocol version.
 //! - `encode`: [`encode`], a sizing pass then a writing pass.
 //! - `publish`: [`write_publish`] and [`publish_size`], the allocation-free
 //!   PUBLISH writer for the delivery path.

@@ -425,6 +425,8 @@ pub(crate) fn with_prefix(len: usize) -> usize {
     varint_len(len) + len
 }
 
+/// Stores a single-valued property; [`decode`] has already refused a
+/// second occurrence of its identifier.
 fn set_once<T>(slot: &mut Option<T>, v: T) {
     *slot = Some(v);
 }

@@ -66,11 +66,23 @@ mod tests {
     #[test]
     fn filters() {
         for ok in [
-            "#", "+", "/", "a/#", "+/+", "a/+/b", "/+", "+/", "a//b", "sport/tennis/#", "$SYS/#",
+            "#",
+            "+",
+            "/",
+            "a/#",
+            "+/+",
+            "a/+/b",
+            "/+",
+            "+/",
+            "a//b",
+            "sport/tennis/#",
+            "$SYS/#",
         ] {
             assert!(valid_topic_filter(ok), "{ok}");
         }
-        for bad in ["", "a#", "#/a", "a/#/b", "a+", "+a/b", "a/b+", "##", "a/++", "#/"] {
+        for bad in [
+            "", "a#", "#/a", "a/#/b", "a+", "+a/b", "a/b+", "##", "a/++", "#/",
+        ] {
             assert!(!valid_topic_filter(bad), "{bad}");
         }
     }
@@ -80,7 +92,14 @@ mod tests {
         assert_eq!(shared_subscription("$share/g/a/#"), Some(("g", "a/#")));
         assert_eq!(shared_subscription("$share/g//"), Some(("g", "/")));
         assert_eq!(shared_subscription("a/b"), None);
-        for bad in ["$share/g", "$share//a", "$share/g/", "$share/+/a", "$share/g#/a", "$share/g/a#"] {
+        for bad in [
+            "$share/g",
+            "$share//a",
+            "$share/g/",
+            "$share/+/a",
+            "$share/g#/a",
+            "$share/g/a#",
+        ] {
             assert_eq!(shared_subscription(bad), None, "{bad}");
         }
     }

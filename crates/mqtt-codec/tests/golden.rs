@@ -35,7 +35,12 @@ fn encoded(packet: &Packet, protocol: Protocol) -> Vec<u8> {
 
 /// Both directions, and every strict prefix is incomplete and left alone.
 fn golden(bytes: &[u8], protocol: Protocol, decode_as: Option<Protocol>, packet: &Packet) {
-    assert_eq!(encoded(packet, protocol), bytes, "encoding {}", packet.name());
+    assert_eq!(
+        encoded(packet, protocol),
+        bytes,
+        "encoding {}",
+        packet.name()
+    );
     assert_eq!(&decoded(bytes, decode_as), packet);
     for len in 0..bytes.len() {
         let mut buf = BytesMut::from(&bytes[..len]);
@@ -191,13 +196,23 @@ fn connack() {
         code: 0,
         properties: Properties::default(),
     });
-    golden(&[0x20, 0x02, 0x01, 0x00], Protocol::V311, Some(Protocol::V311), &v311);
+    golden(
+        &[0x20, 0x02, 0x01, 0x00],
+        Protocol::V311,
+        Some(Protocol::V311),
+        &v311,
+    );
     let refused = Packet::ConnAck(ConnAck {
         session_present: false,
         code: 5,
         properties: Properties::default(),
     });
-    golden(&[0x20, 0x02, 0x00, 0x05], Protocol::V311, Some(Protocol::V311), &refused);
+    golden(
+        &[0x20, 0x02, 0x00, 0x05],
+        Protocol::V311,
+        Some(Protocol::V311),
+        &refused,
+    );
 
     #[rustfmt::skip]
     let bytes = [
@@ -223,7 +238,12 @@ fn connack() {
         code: 0x84,
         properties: Properties::default(),
     });
-    golden(&[0x20, 0x03, 0x00, 0x84, 0x00], Protocol::V5, Some(Protocol::V5), &unsupported);
+    golden(
+        &[0x20, 0x03, 0x00, 0x84, 0x00],
+        Protocol::V5,
+        Some(Protocol::V5),
+        &unsupported,
+    );
 }
 
 #[test]
@@ -252,7 +272,9 @@ fn publish_qos1_v311_dup() {
         payload: b(b"hi"),
         properties: Properties::default(),
     });
-    let bytes = [0x3A, 9, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, b'h', b'i'];
+    let bytes = [
+        0x3A, 9, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, b'h', b'i',
+    ];
     golden(&bytes, Protocol::V311, Some(Protocol::V311), &packet);
 }
 
@@ -304,7 +326,12 @@ fn publish_v5() -> Publish {
 #[test]
 fn publish_qos1_v5_with_properties() {
     let publish = publish_v5();
-    golden(PUBLISH_V5, Protocol::V5, Some(Protocol::V5), &Packet::Publish(publish.clone()));
+    golden(
+        PUBLISH_V5,
+        Protocol::V5,
+        Some(Protocol::V5),
+        &Packet::Publish(publish.clone()),
+    );
     let mut out = BytesMut::new();
     let written = write_publish(
         &mut out,
@@ -319,7 +346,13 @@ fn publish_qos1_v5_with_properties() {
     );
     assert_eq!(written, Ok(()));
     assert_eq!(&out[..], PUBLISH_V5);
-    let size = publish_size(Protocol::V5, "t", QoS::AtLeastOnce, Some(&publish.properties), 1);
+    let size = publish_size(
+        Protocol::V5,
+        "t",
+        QoS::AtLeastOnce,
+        Some(&publish.properties),
+        1,
+    );
     assert_eq!(size, PUBLISH_V5.len());
 }
 
@@ -412,7 +445,12 @@ fn suback() {
         codes: vec![0x00, 0x80],
         properties: Properties::default(),
     });
-    golden(&[0x90, 4, 0x00, 0x01, 0x00, 0x80], Protocol::V311, Some(Protocol::V311), &v311);
+    golden(
+        &[0x90, 4, 0x00, 0x01, 0x00, 0x80],
+        Protocol::V311,
+        Some(Protocol::V311),
+        &v311,
+    );
     let v5 = Packet::SubAck(SubAck {
         packet_id: 2,
         codes: vec![0x01, 0x02, 0x87],
@@ -439,13 +477,23 @@ fn unsubscribe_and_unsuback() {
         codes: vec![],
         properties: Properties::default(),
     });
-    golden(&[0xB0, 2, 0x00, 0x03], Protocol::V311, Some(Protocol::V311), &v311);
+    golden(
+        &[0xB0, 2, 0x00, 0x03],
+        Protocol::V311,
+        Some(Protocol::V311),
+        &v311,
+    );
     let v5 = Packet::UnsubAck(UnsubAck {
         packet_id: 3,
         codes: vec![0x00, 0x11],
         properties: Properties::default(),
     });
-    golden(&[0xB0, 5, 0x00, 0x03, 0x00, 0x00, 0x11], Protocol::V5, Some(Protocol::V5), &v5);
+    golden(
+        &[0xB0, 5, 0x00, 0x03, 0x00, 0x00, 0x11],
+        Protocol::V5,
+        Some(Protocol::V5),
+        &v5,
+    );
 }
 
 #[test]
@@ -457,20 +505,56 @@ fn pubrel_flags_and_acks() {
             properties: Properties::default(),
         })
     };
-    golden(&[0x62, 2, 0x00, 0x07], Protocol::V311, Some(Protocol::V311), &rel(0));
-    golden(&[0x62, 2, 0x00, 0x07], Protocol::V5, Some(Protocol::V5), &rel(0));
-    golden(&[0x62, 3, 0x00, 0x07, 0x92], Protocol::V5, Some(Protocol::V5), &rel(0x92));
+    golden(
+        &[0x62, 2, 0x00, 0x07],
+        Protocol::V311,
+        Some(Protocol::V311),
+        &rel(0),
+    );
+    golden(
+        &[0x62, 2, 0x00, 0x07],
+        Protocol::V5,
+        Some(Protocol::V5),
+        &rel(0),
+    );
+    golden(
+        &[0x62, 3, 0x00, 0x07, 0x92],
+        Protocol::V5,
+        Some(Protocol::V5),
+        &rel(0x92),
+    );
     // A 5.0 PUBREL may spell out reason 0 and an empty property list.
-    assert_eq!(decoded(&[0x62, 4, 0x00, 0x07, 0x00, 0x00], Some(Protocol::V5)), rel(0));
-    assert_eq!(decoded(&[0x62, 3, 0x00, 0x07, 0x00], Some(Protocol::V5)), rel(0));
+    assert_eq!(
+        decoded(&[0x62, 4, 0x00, 0x07, 0x00, 0x00], Some(Protocol::V5)),
+        rel(0)
+    );
+    assert_eq!(
+        decoded(&[0x62, 3, 0x00, 0x07, 0x00], Some(Protocol::V5)),
+        rel(0)
+    );
     let ack = |packet_id| PubAck {
         packet_id,
         reason: 0,
         properties: Properties::default(),
     };
-    golden(&[0x40, 2, 0x00, 0x01], Protocol::V311, Some(Protocol::V311), &Packet::PubAck(ack(1)));
-    golden(&[0x50, 2, 0x00, 0x02], Protocol::V311, Some(Protocol::V311), &Packet::PubRec(ack(2)));
-    golden(&[0x70, 2, 0x00, 0x03], Protocol::V311, Some(Protocol::V311), &Packet::PubComp(ack(3)));
+    golden(
+        &[0x40, 2, 0x00, 0x01],
+        Protocol::V311,
+        Some(Protocol::V311),
+        &Packet::PubAck(ack(1)),
+    );
+    golden(
+        &[0x50, 2, 0x00, 0x02],
+        Protocol::V311,
+        Some(Protocol::V311),
+        &Packet::PubRec(ack(2)),
+    );
+    golden(
+        &[0x70, 2, 0x00, 0x03],
+        Protocol::V311,
+        Some(Protocol::V311),
+        &Packet::PubComp(ack(3)),
+    );
 
     #[rustfmt::skip]
     let bytes = [0x40, 9, 0x00, 0x05, 0x10, 5, 0x1F, 0x00, 0x02, b'n', b'o'];
@@ -487,8 +571,18 @@ fn pubrel_flags_and_acks() {
 
 #[test]
 fn ping() {
-    golden(&[0xC0, 0], Protocol::V311, Some(Protocol::V311), &Packet::PingReq);
-    golden(&[0xD0, 0], Protocol::V5, Some(Protocol::V5), &Packet::PingResp);
+    golden(
+        &[0xC0, 0],
+        Protocol::V311,
+        Some(Protocol::V311),
+        &Packet::PingReq,
+    );
+    golden(
+        &[0xD0, 0],
+        Protocol::V5,
+        Some(Protocol::V5),
+        &Packet::PingResp,
+    );
 }
 
 #[test]
@@ -500,7 +594,12 @@ fn disconnect() {
         reason: 0x8E,
         properties: Properties::default(),
     });
-    golden(&[0xE0, 1, 0x8E], Protocol::V5, Some(Protocol::V5), &taken_over);
+    golden(
+        &[0xE0, 1, 0x8E],
+        Protocol::V5,
+        Some(Protocol::V5),
+        &taken_over,
+    );
     let with_will = Packet::Disconnect(Disconnect {
         reason: 0x04,
         properties: Properties {
@@ -531,7 +630,12 @@ fn auth() {
         },
     });
     golden(&bytes, Protocol::V5, Some(Protocol::V5), &packet);
-    golden(&[0xF0, 0], Protocol::V5, Some(Protocol::V5), &Packet::Auth(Auth::default()));
+    golden(
+        &[0xF0, 0],
+        Protocol::V5,
+        Some(Protocol::V5),
+        &Packet::Auth(Auth::default()),
+    );
     let mut out = BytesMut::new();
     assert_eq!(
         encode(&packet, Protocol::V311, &mut out).err(),
@@ -546,12 +650,18 @@ fn several_packets_in_one_buffer() {
     buf.extend_from_slice(CONNECT_V5);
     buf.extend_from_slice(PUBLISH_V5);
     buf.extend_from_slice(&[0xC0, 0x00, 0xE0]);
-    assert!(matches!(decode(&mut buf, None, MAX), Ok(Some(Packet::Connect(_)))));
+    assert!(matches!(
+        decode(&mut buf, None, MAX),
+        Ok(Some(Packet::Connect(_)))
+    ));
     assert!(matches!(
         decode(&mut buf, Some(Protocol::V5), MAX),
         Ok(Some(Packet::Publish(_)))
     ));
-    assert_eq!(decode(&mut buf, Some(Protocol::V5), MAX), Ok(Some(Packet::PingReq)));
+    assert_eq!(
+        decode(&mut buf, Some(Protocol::V5), MAX),
+        Ok(Some(Packet::PingReq))
+    );
     assert_eq!(decode(&mut buf, Some(Protocol::V5), MAX), Ok(None));
     assert_eq!(&buf[..], &[0xE0]);
 }

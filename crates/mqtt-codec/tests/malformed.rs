@@ -52,7 +52,9 @@ fn ok(bytes: &[u8], protocol: Option<Protocol>) -> Packet {
 
 #[test]
 fn reserved_fixed_header_flags() {
-    for first in [0x11, 0x21, 0x41, 0x58, 0x60, 0x63, 0x71, 0x80, 0x83, 0x94, 0xA0, 0xB1, 0xC1, 0xD2, 0xE4] {
+    for first in [
+        0x11, 0x21, 0x41, 0x58, 0x60, 0x63, 0x71, 0x80, 0x83, 0x94, 0xA0, 0xB1, 0xC1, 0xD2, 0xE4,
+    ] {
         // Refused from the first byte alone, and with a full packet.
         let protocol = if first >> 4 == 1 { None } else { V3 };
         malformed(&[first], protocol);
@@ -120,7 +122,10 @@ fn properties() {
         body.extend_from_slice(props);
         pk(0x30, &body)
     };
-    assert!(matches!(ok(&publish(&[0x01, 0x01]), V5), Packet::Publish(_)));
+    assert!(matches!(
+        ok(&publish(&[0x01, 0x01]), V5),
+        Packet::Publish(_)
+    ));
     protocol_error(&publish(&[0x01, 0x01, 0x01, 0x00]), V5); // twice
     protocol_error(&publish(&[0x23, 0x00, 0x00]), V5); // topic alias 0
     protocol_error(&publish(&[0x11, 0x00, 0x00, 0x00, 0x01]), V5); // session expiry
@@ -133,7 +138,7 @@ fn properties() {
     malformed(&publish(&[0x0B, 0x80, 0x00]), V5); // non-minimal varint
     malformed(&publish(&[0x0B, 0xFF, 0xFF, 0xFF, 0xFF]), V5); // 5-byte varint
     malformed(&publish(&[0x26, 0x00, 0x01, b'k', 0x00, 0x01, 0xFF]), V5); // bad UTF-8
-    // Property length longer than the packet.
+                                                                          // Property length longer than the packet.
     malformed(&pk(0x30, &[0x00, 0x01, b't', 0x05, 0x01, 0x01]), V5);
     // Non-minimal property length.
     malformed(&pk(0x30, &[0x00, 0x01, b't', 0x80, 0x00]), V5);
@@ -143,12 +148,29 @@ fn properties() {
     };
     assert_eq!(p.properties.subscription_identifiers, [1, 2]);
     protocol_error(
-        &pk(0x82, &[0x00, 0x01, 0x04, 0x0B, 0x01, 0x0B, 0x02, 0x00, 0x01, b'a', 0x00]),
+        &pk(
+            0x82,
+            &[
+                0x00, 0x01, 0x04, 0x0B, 0x01, 0x0B, 0x02, 0x00, 0x01, b'a', 0x00,
+            ],
+        ),
         V5,
     );
-    protocol_error(&pk(0x82, &[0x00, 0x01, 0x02, 0x0B, 0x00, 0x00, 0x01, b'a', 0x00]), V5);
+    protocol_error(
+        &pk(
+            0x82,
+            &[0x00, 0x01, 0x02, 0x0B, 0x00, 0x00, 0x01, b'a', 0x00],
+        ),
+        V5,
+    );
     // Reason string in UNSUBSCRIBE is not allowed.
-    protocol_error(&pk(0xA2, &[0x00, 0x01, 0x04, 0x1F, 0x00, 0x01, b'r', 0x00, 0x01, b'a']), V5);
+    protocol_error(
+        &pk(
+            0xA2,
+            &[0x00, 0x01, 0x04, 0x1F, 0x00, 0x01, b'r', 0x00, 0x01, b'a'],
+        ),
+        V5,
+    );
 }
 
 /// A 3.1.1 or 5.0 CONNECT with these flags and the bytes after keep alive.
@@ -161,30 +183,61 @@ fn connect(level: u8, flags: u8, rest: &[u8]) -> Vec<u8> {
 #[test]
 fn connect_flags() {
     let client = [0x00, 0x01, b'c'];
-    assert!(matches!(ok(&connect(4, 0x02, &client), None), Packet::Connect(_)));
+    assert!(matches!(
+        ok(&connect(4, 0x02, &client), None),
+        Packet::Connect(_)
+    ));
     malformed(&connect(4, 0x03, &client), None); // reserved bit
     malformed(&connect(4, 0x1C, &client), None); // will QoS 3
     malformed(&connect(4, 0x08, &client), None); // will QoS without will
     malformed(&connect(4, 0x20, &client), None); // will retain without will
-    malformed(&connect(4, 0x40, &[0x00, 0x01, b'c', 0x00, 0x01, b'p']), None); // password, no user
+    malformed(
+        &connect(4, 0x40, &[0x00, 0x01, b'c', 0x00, 0x01, b'p']),
+        None,
+    ); // password, no user
     malformed(&connect(4, 0x02, &[0x00, 0x01, b'c', 0x00]), None); // trailing byte
     malformed(&connect(4, 0x80, &client), None); // user name flag, no user name
     malformed(&connect(4, 0x02, &[0x00, 0x05, b'c']), None); // truncated client id
-    // Will topic with a wildcard.
-    malformed(&connect(4, 0x04, &[0x00, 0x01, b'c', 0x00, 0x01, b'+', 0x00, 0x00]), None);
-    // 5.0: property checks.
-    malformed(&connect(5, 0x02, &client), None); // no property length
-    protocol_error(&connect(5, 0x02, &[0x03, 0x21, 0x00, 0x00, 0x00, 0x01, b'c']), None);
-    protocol_error(
-        &connect(5, 0x02, &[0x05, 0x27, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, b'c']),
+                                                             // Will topic with a wildcard.
+    malformed(
+        &connect(4, 0x04, &[0x00, 0x01, b'c', 0x00, 0x01, b'+', 0x00, 0x00]),
         None,
     );
-    protocol_error(&connect(5, 0x02, &[0x02, 0x17, 0x02, 0x00, 0x01, b'c']), None);
-    protocol_error(&connect(5, 0x02, &[0x03, 0x16, 0x00, 0x00, 0x00, 0x01, b'c']), None);
-    protocol_error(&connect(5, 0x02, &[0x02, 0x01, 0x01, 0x00, 0x01, b'c']), None); // will prop in CONNECT
-    // Will delay in the CONNECT properties instead of the will's.
+    // 5.0: property checks.
+    malformed(&connect(5, 0x02, &client), None); // no property length
     protocol_error(
-        &connect(5, 0x06, &[0x05, 0x18, 0, 0, 0, 1, 0x00, 0x01, b'c', 0x00, 0x00, 0x01, b'w', 0x00, 0x00]),
+        &connect(5, 0x02, &[0x03, 0x21, 0x00, 0x00, 0x00, 0x01, b'c']),
+        None,
+    );
+    protocol_error(
+        &connect(
+            5,
+            0x02,
+            &[0x05, 0x27, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, b'c'],
+        ),
+        None,
+    );
+    protocol_error(
+        &connect(5, 0x02, &[0x02, 0x17, 0x02, 0x00, 0x01, b'c']),
+        None,
+    );
+    protocol_error(
+        &connect(5, 0x02, &[0x03, 0x16, 0x00, 0x00, 0x00, 0x01, b'c']),
+        None,
+    );
+    protocol_error(
+        &connect(5, 0x02, &[0x02, 0x01, 0x01, 0x00, 0x01, b'c']),
+        None,
+    ); // will prop in CONNECT
+       // Will delay in the CONNECT properties instead of the will's.
+    protocol_error(
+        &connect(
+            5,
+            0x06,
+            &[
+                0x05, 0x18, 0, 0, 0, 1, 0x00, 0x01, b'c', 0x00, 0x00, 0x01, b'w', 0x00, 0x00,
+            ],
+        ),
         None,
     );
 }
@@ -192,11 +245,31 @@ fn connect_flags() {
 #[test]
 fn unsupported_protocols() {
     let client = [0x00, 0x01, b'c'];
-    assert_eq!(err(&connect(6, 0x02, &client), None), DecodeError::UnsupportedProtocol { level: 6 });
-    assert_eq!(err(&connect(3, 0x02, &client), None), DecodeError::UnsupportedProtocol { level: 3 });
-    let mqisdp4 = pk(0x10, &[0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x04, 0x02, 0x00, 0x0A, 0x00, 0x01, b'c']);
-    assert_eq!(err(&mqisdp4, None), DecodeError::UnsupportedProtocol { level: 4 });
-    let other = pk(0x10, &[0x00, 0x04, b'm', b'q', b't', b't', 0x04, 0x02, 0x00, 0x0A, 0x00, 0x01, b'c']);
+    assert_eq!(
+        err(&connect(6, 0x02, &client), None),
+        DecodeError::UnsupportedProtocol { level: 6 }
+    );
+    assert_eq!(
+        err(&connect(3, 0x02, &client), None),
+        DecodeError::UnsupportedProtocol { level: 3 }
+    );
+    let mqisdp4 = pk(
+        0x10,
+        &[
+            0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x04, 0x02, 0x00, 0x0A, 0x00, 0x01,
+            b'c',
+        ],
+    );
+    assert_eq!(
+        err(&mqisdp4, None),
+        DecodeError::UnsupportedProtocol { level: 4 }
+    );
+    let other = pk(
+        0x10,
+        &[
+            0x00, 0x04, b'm', b'q', b't', b't', 0x04, 0x02, 0x00, 0x0A, 0x00, 0x01, b'c',
+        ],
+    );
     let e = err(&other, None);
     assert_eq!(e, DecodeError::UnsupportedProtocol { level: 4 });
     assert_eq!(e.reason_code(), 0x84);
@@ -235,7 +308,10 @@ fn subscribe_payload() {
         body.push(options);
         pk(0x82, &body)
     };
-    assert!(matches!(ok(&sub(b"a/#", 0x00, false), V3), Packet::Subscribe(_)));
+    assert!(matches!(
+        ok(&sub(b"a/#", 0x00, false), V3),
+        Packet::Subscribe(_)
+    ));
     malformed(&sub(b"a/#/b", 0x00, false), V3);
     malformed(&sub(b"a/#/b", 0x00, true), V5);
     malformed(&sub(b"a#", 0x00, false), V3);
@@ -249,7 +325,10 @@ fn subscribe_payload() {
     protocol_error(&sub(b"$share/g/a", 0x04, true), V5); // no local, shared
     malformed(&sub(b"$share/g", 0x00, true), V5);
     malformed(&sub(b"$share/+/a", 0x00, true), V5);
-    assert!(matches!(ok(&sub(b"$share/g/a/#", 0x01, true), V5), Packet::Subscribe(_)));
+    assert!(matches!(
+        ok(&sub(b"$share/g/a/#", 0x01, true), V5),
+        Packet::Subscribe(_)
+    ));
     // Missing options byte.
     malformed(&pk(0x82, &[0x00, 0x01, 0x00, 0x01, b'a']), V3);
     // No topic filter at all.
@@ -309,15 +388,28 @@ fn oversized_packet_refused_from_its_fixed_header() {
     let mut buf = BytesMut::from(&[0x10, 0x80, 0x08][..]);
     assert_eq!(
         decode(&mut buf, None, 1024),
-        Err(DecodeError::PacketTooLarge { size: 1027, max: 1024 })
+        Err(DecodeError::PacketTooLarge {
+            size: 1027,
+            max: 1024
+        })
     );
     // The limit counts the fixed header: 2 + 8 = 10 bytes.
     let packet = pk(0x30, &[0x00, 0x01, b'a', 1, 2, 3, 4, 5]);
-    assert!(matches!(decode(&mut BytesMut::from(&packet[..]), V3, 10), Ok(Some(_))));
+    assert!(matches!(
+        decode(&mut BytesMut::from(&packet[..]), V3, 10),
+        Ok(Some(_))
+    ));
     assert_eq!(
         decode(&mut BytesMut::from(&packet[..2]), V3, 9),
         Err(DecodeError::PacketTooLarge { size: 10, max: 9 })
     );
     // 0 means no limit.
-    assert_eq!(decode(&mut BytesMut::from(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F][..]), V3, 0), Ok(None));
+    assert_eq!(
+        decode(
+            &mut BytesMut::from(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F][..]),
+            V3,
+            0
+        ),
+        Ok(None)
+    );
 }

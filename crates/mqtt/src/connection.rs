@@ -236,6 +236,13 @@ impl MqttConnection {
         }
         while self.state != State::Closed {
             let proto = (self.state == State::Connected).then_some(self.protocol);
+            if proto.is_none() {
+                // Known before decoding, so a bad CONNECT is answered in
+                // the client's own version.
+                if let Some(p) = codec::connect_protocol(buf) {
+                    self.protocol = p;
+                }
+            }
             match codec::decode(buf, proto, self.ctx.config.max_packet_size) {
                 Ok(None) => return,
                 Ok(Some(p)) => {
@@ -275,6 +282,19 @@ impl MqttConnection {
                         properties: Properties::default(),
                     }),
                     proto,
+                );
+                self.finish(&e.to_string(), now);
+            }
+            (_, State::Connect) if self.protocol == Protocol::V5 => {
+                // MQTT 5: a CONNECT that cannot be accepted gets a CONNACK
+                // with the reason before the close (§3.1.4).
+                self.write_packet(
+                    &Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        code: e.reason_code(),
+                        properties: Properties::default(),
+                    }),
+                    Protocol::V5,
                 );
                 self.finish(&e.to_string(), now);
             }
@@ -712,6 +732,7 @@ impl MqttConnection {
             tag: liebre_amqp_codec::ShortStr::from(format!("mqtt-{}", self.client_id)),
             no_ack: false,
             exclusive: false,
+            priority: 0,
             sink: c.clone(),
         });
         if added.is_ok() {
