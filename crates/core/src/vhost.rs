@@ -418,9 +418,24 @@ impl VHost {
 
     /// Delete a queue: detach and notify its consumers, drop its bindings.
     pub fn delete_queue_unchecked(&self, name: &str) -> u32 {
-        let Some(q) = self.queues.write().remove(name) else {
-            return 0;
+        let removed = self.queues.write().remove(name);
+        removed.map_or(0, |q| self.finish_delete(q))
+    }
+
+    /// Delete `queue` if it is still the one registered under its name.
+    pub fn delete_queue_if_same(&self, queue: &Arc<Queue>) -> u32 {
+        let removed = {
+            let mut queues = self.queues.write();
+            match queues.get(&**queue.name()) {
+                Some(q) if Arc::ptr_eq(q, queue) => queues.remove(&**queue.name()),
+                _ => None,
+            }
         };
+        removed.map_or(0, |q| self.finish_delete(q))
+    }
+
+    /// A queue left the map: detach and notify its consumers, drop its bindings.
+    fn finish_delete(&self, q: Arc<Queue>) -> u32 {
         let (consumers, dropped) = q.mark_deleted();
         for c in consumers {
             c.sink.cancelled(&c.tag);

@@ -93,6 +93,9 @@ pub struct Session {
     pub connection: Option<Arc<ConnectionHandle>>,
     /// A will waiting for its delay.
     pub pending_will: Option<PendingWill>,
+    /// Destroyed (clean start by a newer connection, or expired): a
+    /// connection still holding it must leave it alone.
+    pub ended: bool,
 }
 
 impl Session {
@@ -114,13 +117,16 @@ impl Session {
 
     /// Drop everything: unbind, delete the queue, settle in-flight messages.
     pub fn destroy(&mut self) {
+        self.ended = true;
         for (_, f) in std::mem::take(&mut self.inflight) {
             if let (Some(d), Some(c)) = (f.delivery, f.consumer) {
                 c.release(1);
                 d.queue.ack(1);
             }
         }
-        self.vhost.delete_queue_unchecked(self.queue.name());
+        // By identity: a newer session of the same client may already own
+        // a queue of the same name.
+        self.vhost.delete_queue_if_same(&self.queue);
         self.subscriptions.clear();
     }
 }
@@ -199,7 +205,8 @@ impl Sessions {
             map.remove(&key);
         }
         let name = Session::queue_name(client_id);
-        // A leftover queue of an earlier session of this client goes first.
+        // A leftover queue of an earlier session of this client goes first
+        // (its session expired, or was lost with a restart).
         vhost.delete_queue_unchecked(&name);
         let queue = vhost.declare_queue(
             &name,
@@ -219,6 +226,7 @@ impl Sessions {
             disconnected_at: None,
             connection: Some(handle),
             pending_will: None,
+            ended: false,
         }));
         map.insert(key, session.clone());
         Ok(Attached {
@@ -232,8 +240,8 @@ impl Sessions {
     pub fn detach(&self, session: &Arc<Mutex<Session>>, conn_id: u64, now: Instant) {
         let mut map = self.map.lock();
         let mut s = session.lock();
-        if s.connection.as_ref().is_some_and(|c| c.id != conn_id) {
-            return; // taken over: the session lives on with the new connection
+        if s.ended || s.connection.as_ref().is_some_and(|c| c.id != conn_id) {
+            return; // taken over or replaced: it is not this connection's any more
         }
         s.connection = None;
         s.disconnected_at = Some(now);
