@@ -272,3 +272,24 @@ fn connect_timeout_closes_a_silent_socket() {
     conn.handle_timeout(deadline);
     assert!(conn.is_closed());
 }
+
+#[test]
+fn takeover_with_clean_start_keeps_the_new_sessions_queue() {
+    let h = Harness::new();
+    let c = connect_packet(Protocol::V5, "dup", 0, true);
+    let (mut first, _) = h.connect(c.clone(), h.t0);
+    let (_second, out) = h.connect(c, h.t0);
+    assert_eq!(connack_code(&out), 0);
+    let kicked = drain(&mut first, Protocol::V5, h.t0);
+    assert!(
+        matches!(kicked.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x8E),
+        "expected DISCONNECT 0x8E, got {kicked:?}"
+    );
+    assert!(first.is_closed());
+    first.handle_disconnect(h.t0);
+    assert!(
+        h.vhost.queue("mqtt-subscription-dupqos1").is_some(),
+        "the old connection took the new session's queue with it"
+    );
+    assert_eq!(h.ctx.sessions.len(), 1);
+}
