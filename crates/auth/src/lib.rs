@@ -133,9 +133,11 @@ pub struct Permission {
 }
 
 impl Permission {
-    /// Compile three patterns; an invalid one is an error, not a silent deny.
+    /// Compile three patterns; an invalid one is an error, not a silent
+    /// deny. An empty pattern grants nothing, as RabbitMQ reads it as `^$`.
     pub fn new(configure: &str, write: &str, read: &str) -> Result<Self, AuthError> {
         let compile = |p: &str| {
+            let p = if p.is_empty() { "^$" } else { p };
             Regex::new(p).map_err(|e| AuthError::BadPattern {
                 pattern: p.to_owned(),
                 reason: e.to_string(),
@@ -426,6 +428,9 @@ mod tests {
         )
         .unwrap();
         assert!(a.check("svc", "/", Access::Write, ""));
+        // An empty pattern grants nothing (RabbitMQ reads it as ^$).
+        assert!(!a.check("svc", "/", Access::Configure, "anything"));
+        assert!(!a.check("svc", "/", Access::Read, "q"));
         assert!(Permission::new("(", ".*", ".*").is_err());
     }
 }
