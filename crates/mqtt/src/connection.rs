@@ -53,6 +53,9 @@ pub struct MqttConfig {
     pub outbox_max_bytes: usize,
     /// How long CONNECT may take to arrive.
     pub connect_timeout: Duration,
+    /// Keep queueing messages of QoS 0 subscriptions for offline
+    /// persistent sessions (Mosquitto's `queue_qos0_messages`).
+    pub queue_qos0_offline: bool,
 }
 
 impl Default for MqttConfig {
@@ -69,6 +72,7 @@ impl Default for MqttConfig {
             outbox_max_len: 2048,
             outbox_max_bytes: 8 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            queue_qos0_offline: false,
         }
     }
 }
@@ -423,7 +427,9 @@ impl MqttConnection {
                 // Taken over with a delay: the session goes on with the new
                 // connection, so the will is never sent (5.0 §3.1.3.2.2).
             }
-            self.ctx.sessions.detach(&session, self.id, now);
+            self.ctx
+                .sessions
+                .detach(&session, self.id, now, self.ctx.config.queue_qos0_offline);
         }
     }
 

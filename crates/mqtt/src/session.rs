@@ -115,6 +115,40 @@ impl Session {
         format!("mqtt-subscription-{client_id}qos1")
     }
 
+    /// While the client is offline, QoS 0 subscriptions stop feeding the
+    /// session queue, so only QoS 1/2 messages wait for it (Mosquitto's
+    /// default, `queue_qos0_messages false`). [`Session::unpark`] undoes it.
+    pub fn park_qos0(&self) {
+        for (filter, sub) in &self.subscriptions {
+            if sub.share.is_none() && sub.options.qos == QoS::AtMostOnce {
+                let key = crate::mapping::filter_to_binding_key(filter);
+                let _ = self.vhost.unbind_queue(
+                    self.queue.name(),
+                    MQTT_EXCHANGE,
+                    &key,
+                    Default::default(),
+                    0,
+                );
+            }
+        }
+    }
+
+    /// Bind the QoS 0 subscriptions again (the client is back).
+    pub fn unpark(&self) {
+        for (filter, sub) in &self.subscriptions {
+            if sub.share.is_none() && sub.options.qos == QoS::AtMostOnce {
+                let key = crate::mapping::filter_to_binding_key(filter);
+                let _ = self.vhost.bind_queue(
+                    self.queue.name(),
+                    MQTT_EXCHANGE,
+                    &key,
+                    Default::default(),
+                    0,
+                );
+            }
+        }
+    }
+
     /// Drop everything: unbind, delete the queue, settle in-flight messages.
     pub fn destroy(&mut self) {
         self.ended = true;
@@ -194,6 +228,7 @@ impl Sessions {
             if !clean_start {
                 s.connection = Some(handle);
                 s.disconnected_at = None;
+                s.unpark();
                 drop(s);
                 return Ok(Attached {
                     session: existing,
@@ -237,7 +272,13 @@ impl Sessions {
 
     /// The connection holding `session` went away. A session with no
     /// expiry interval ends now.
-    pub fn detach(&self, session: &Arc<Mutex<Session>>, conn_id: u64, now: Instant) {
+    pub fn detach(
+        &self,
+        session: &Arc<Mutex<Session>>,
+        conn_id: u64,
+        now: Instant,
+        queue_qos0: bool,
+    ) {
         let mut map = self.map.lock();
         let mut s = session.lock();
         if s.ended || s.connection.as_ref().is_some_and(|c| c.id != conn_id) {
@@ -245,6 +286,9 @@ impl Sessions {
         }
         s.connection = None;
         s.disconnected_at = Some(now);
+        if !s.expiry.is_zero() && !queue_qos0 {
+            s.park_qos0();
+        }
         if s.expiry.is_zero() {
             if let Some(w) = s.pending_will.take() {
                 publish_will(&s.vhost, w);

@@ -293,3 +293,66 @@ fn takeover_with_clean_start_keeps_the_new_sessions_queue() {
     );
     assert_eq!(h.ctx.sessions.len(), 1);
 }
+
+#[test]
+fn offline_sessions_queue_qos1_subscriptions_only() {
+    let h = Harness::new();
+    let c = connect_packet(Protocol::V311, "printer-9", 0, false);
+    let (mut conn, _) = h.connect(c.clone(), h.t0);
+    let mut buf = BytesMut::new();
+    let sub = codec::Subscribe {
+        packet_id: 1,
+        filters: vec![
+            (
+                Str::from("jobs/printer-9"),
+                codec::SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            ),
+            (
+                Str::from("status/#"),
+                codec::SubscriptionOptions {
+                    qos: QoS::AtMostOnce,
+                    ..Default::default()
+                },
+            ),
+        ],
+        properties: Properties::default(),
+    };
+    codec::encode(&Packet::Subscribe(sub), Protocol::V311, &mut buf).expect("encode");
+    conn.handle_input(&mut buf, h.t0);
+    assert!(
+        matches!(drain(&mut conn, Protocol::V311, h.t0).as_slice(), [Packet::SubAck(a)] if a.codes == [1, 0])
+    );
+    conn.handle_disconnect(h.t0);
+
+    let publish = |topic: &str, qos: QoS| {
+        let m =
+            liebre_mqtt::mapping::to_message(topic, qos, false, Bytes::from_static(b"x"), None, 0);
+        h.vhost.publish("amq.topic", Arc::new(m)).expect("publish")
+    };
+    assert_eq!(
+        publish("jobs/printer-9", QoS::AtLeastOnce).routed,
+        1,
+        "QoS 1 subscription must queue"
+    );
+    assert_eq!(
+        publish("status/online", QoS::AtMostOnce).routed,
+        0,
+        "QoS 0 subscription must not queue offline"
+    );
+
+    let (_back, got) = h.connect(c, h.t0);
+    assert!(matches!(got.first(), Some(Packet::ConnAck(a)) if a.session_present));
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Packet::Publish(p) if &*p.topic == "jobs/printer-9")),
+        "queued job not delivered: {got:?}"
+    );
+    assert_eq!(
+        publish("status/online", QoS::AtMostOnce).routed,
+        1,
+        "QoS 0 subscription back once online"
+    );
+}

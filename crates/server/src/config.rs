@@ -106,6 +106,8 @@ pub struct FileConfig {
     pub mqtt_max_queued_messages: Option<u32>,
     /// Receive Maximum advertised to MQTT 5 clients.
     pub mqtt_receive_maximum: Option<u16>,
+    /// Queue messages of QoS 0 subscriptions for offline persistent sessions.
+    pub mqtt_queue_qos0_messages: Option<bool>,
 }
 
 /// The documented example configuration, embedded so a test can check
@@ -231,6 +233,9 @@ impl Config {
         }
         if let Some(n) = file.mqtt_max_queued_messages {
             c.mqtt_limits.max_queued_messages = n;
+        }
+        if let Some(q) = file.mqtt_queue_qos0_messages {
+            c.mqtt_limits.queue_qos0_offline = q;
         }
         if let Some(n) = file.mqtt_receive_maximum {
             anyhow::ensure!(n > 0, "mqtt_receive_maximum must be at least 1");
