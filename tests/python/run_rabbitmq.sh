@@ -3,6 +3,7 @@
 # used as the oracle for the acceptance suite and for side-by-side benchmarks.
 #
 #   tests/python/run_rabbitmq.sh start    # listens on 127.0.0.1:${ORACLE_PORT:-5673}
+#                                         # and MQTT (rabbitmq_mqtt) on 127.0.0.1:${ORACLE_MQTT_PORT:-1885}
 #   tests/python/run_rabbitmq.sh stop
 #   tests/python/run_rabbitmq.sh status
 #   tests/python/run_rabbitmq.sh ctl list_queues name messages_ready messages_unacknowledged
@@ -14,6 +15,8 @@
 set -euo pipefail
 
 PORT="${ORACLE_PORT:-5673}"
+# the MQTT plugin (MQTT 3.1.1 only in 3.10) for the cross-protocol tests; 0 disables it
+MQTT_PORT="${ORACLE_MQTT_PORT:-1885}"
 DIR="${ORACLE_DIR:-/tmp/liebre-oracle}"
 NODE="${ORACLE_NODENAME:-liebre-oracle@localhost}"
 
@@ -48,12 +51,29 @@ log.file.level = info
 log.console = false
 CONF
     echo '[].' >"$RABBITMQ_ADVANCED_CONFIG_FILE"
-    echo '[].' >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+    if [ "$MQTT_PORT" != 0 ]; then
+        cat >>"$RABBITMQ_CONFIG_FILE" <<CONF
+mqtt.listeners.tcp.default = 127.0.0.1:$MQTT_PORT
+mqtt.allow_anonymous = true
+mqtt.default_user = guest
+mqtt.default_pass = guest
+mqtt.vhost = /
+mqtt.exchange = amq.topic
+CONF
+        echo '[rabbitmq_mqtt].' >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+    else
+        echo '[].' >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+    fi
     : >"$RABBITMQ_CONF_ENV_FILE"
 }
 
 port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
+    (exec 3<>"/dev/tcp/127.0.0.1/${1:-$PORT}") 2>/dev/null
+}
+
+# the plugins' listeners open a moment after the AMQP one
+ready() {
+    port_open && { [ "$MQTT_PORT" = 0 ] || port_open "$MQTT_PORT"; }
 }
 
 case "${1:-start}" in
@@ -66,8 +86,8 @@ start)
     nohup "$RMQ_BIN/rabbitmq-server" >"$DIR/stdout.log" 2>&1 &
     echo $! >"$DIR/launcher.pid"
     for _ in $(seq 1 120); do
-        if port_open; then
-            echo "RabbitMQ $NODE ready on 127.0.0.1:$PORT (data in $DIR)"
+        if ready; then
+            echo "RabbitMQ $NODE ready on 127.0.0.1:$PORT, MQTT on 127.0.0.1:$MQTT_PORT (data in $DIR)"
             exit 0
         fi
         if ! kill -0 "$(cat "$DIR/launcher.pid")" 2>/dev/null; then

@@ -8,7 +8,8 @@
 //!   `x-mqtt-retain` so Retain As Published can be honoured downstream.
 //! - MQTT 5 properties: Content Type is `content_type`; Correlation Data is
 //!   `correlation_id` when it is short UTF-8, else header
-//!   `x-correlation-id`; Response Topic is `reply_to` (as a routing key);
+//!   `x-correlation-id`; Response Topic is header `x-reply-to-topic` (as a
+//!   routing key; `reply_to` names a queue, not a topic);
 //!   Message Expiry Interval is `expiration`; User Properties are headers
 //!   (order and duplicates kept); Payload Format Indicator is header
 //!   `x-mqtt-payload-format-indicator`.
@@ -28,6 +29,7 @@ const QOS_HEADER: &str = "x-mqtt-publish-qos";
 const RETAIN_HEADER: &str = "x-mqtt-retain";
 const CORRELATION_HEADER: &str = "x-correlation-id";
 const FORMAT_HEADER: &str = "x-mqtt-payload-format-indicator";
+const REPLY_TOPIC_HEADER: &str = "x-reply-to-topic";
 
 /// Swap `/` and `.`: MQTT topic to AMQP routing key and back.
 pub fn swap_separators(s: &str) -> String {
@@ -81,7 +83,10 @@ pub fn to_message(
             }
         }
         if let Some(rt) = &props.response_topic {
-            p.reply_to = Some(ShortStr::from(swap_separators(rt)));
+            headers.insert(
+                ShortStr::from(REPLY_TOPIC_HEADER),
+                FieldValue::LongString(Bytes::from(swap_separators(rt))),
+            );
         }
         if let Some(secs) = props.message_expiry_interval {
             p.expiration = Some(ShortStr::from((u64::from(secs) * 1000).to_string()));
@@ -149,9 +154,6 @@ pub fn from_message(m: &Arc<Message>, expires_at: Option<Instant>, now: Instant)
     if let Some(c) = &p.correlation_id {
         props.correlation_data = Some(Bytes::copy_from_slice(c.as_bytes()));
     }
-    if let Some(r) = &p.reply_to {
-        props.response_topic = Some(Str::from(swap_separators(r)));
-    }
     if let Some(at) = expires_at {
         let left = at.saturating_duration_since(now);
         // Round up: a message with 0.4 s left must not claim 0 (no expiry).
@@ -174,6 +176,11 @@ pub fn from_message(m: &Arc<Message>, expires_at: Option<Instant>, now: Instant)
                 CORRELATION_HEADER => {
                     if let FieldValue::ByteArray(b) | FieldValue::LongString(b) = v {
                         props.correlation_data = Some(b.clone());
+                    }
+                }
+                REPLY_TOPIC_HEADER => {
+                    if let Some(t) = v.as_str() {
+                        props.response_topic = Some(Str::from(swap_separators(t)));
                     }
                 }
                 FORMAT_HEADER => {
@@ -245,7 +252,9 @@ mod tests {
         );
         assert_eq!(&*m.routing_key, "a.b");
         assert_eq!(m.properties.delivery_mode, Some(2));
-        assert_eq!(m.properties.reply_to.as_deref(), Some("replies.client-7"));
+        let headers = m.properties.headers.as_ref().expect("headers");
+        assert_eq!(headers.get("x-reply-to-topic").and_then(FieldValue::as_str), Some("replies.client-7"));
+        assert_eq!(m.properties.reply_to, None, "reply_to names a queue, not a topic");
         assert_eq!(m.properties.expiration.as_deref(), Some("30000"));
         let now = Instant::now();
         let out = from_message(&Arc::new(m), Some(now + Duration::from_secs(30)), now);
