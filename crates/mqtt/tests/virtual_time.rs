@@ -356,3 +356,86 @@ fn offline_sessions_queue_qos1_subscriptions_only() {
         "QoS 0 subscription back once online"
     );
 }
+
+#[test]
+fn unacknowledged_messages_are_resent_with_dup_and_the_same_packet_id() {
+    let h = Harness::new();
+    let c = connect_packet(Protocol::V5, "meter-1", 0, false);
+    let mut c = c;
+    c.properties.session_expiry_interval = Some(3600);
+    let (mut conn, _) = h.connect(c.clone(), h.t0);
+    let mut buf = BytesMut::new();
+    let sub = codec::Subscribe {
+        packet_id: 7,
+        filters: vec![(
+            Str::from("meters/+/reading"),
+            codec::SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                ..Default::default()
+            },
+        )],
+        properties: Properties::default(),
+    };
+    codec::encode(&Packet::Subscribe(sub), Protocol::V5, &mut buf).expect("encode");
+    conn.handle_input(&mut buf, h.t0);
+    drain(&mut conn, Protocol::V5, h.t0);
+    for (topic, qos) in [
+        ("meters/1/reading", QoS::AtLeastOnce),
+        ("meters/2/reading", QoS::ExactlyOnce),
+    ] {
+        let m =
+            liebre_mqtt::mapping::to_message(topic, qos, false, Bytes::from_static(b"42"), None, 0);
+        h.vhost.publish("amq.topic", Arc::new(m)).expect("publish");
+    }
+    let first: Vec<(u16, bool, QoS)> = drain(&mut conn, Protocol::V5, h.t0)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some((p.packet_id, p.dup, p.qos)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first.iter().all(|(_, dup, _)| !dup));
+    // The QoS 2 one gets as far as PUBREC: on resumption a PUBREL is due, not the PUBLISH.
+    let qos2_id = first
+        .iter()
+        .find(|(_, _, q)| *q == QoS::ExactlyOnce)
+        .map(|x| x.0)
+        .expect("qos 2");
+    let mut rec = BytesMut::new();
+    let pubrec = codec::PubAck {
+        packet_id: qos2_id,
+        reason: 0,
+        properties: Properties::default(),
+    };
+    codec::encode(&Packet::PubRec(pubrec), Protocol::V5, &mut rec).expect("encode");
+    conn.handle_input(&mut rec, h.t0);
+    assert!(
+        matches!(drain(&mut conn, Protocol::V5, h.t0).as_slice(), [Packet::PubRel(r)] if r.packet_id == qos2_id)
+    );
+    conn.handle_disconnect(h.t0);
+
+    let (_back, out) = h.connect(c, h.t0 + Duration::from_secs(1));
+    let qos1_id = first
+        .iter()
+        .find(|(_, _, q)| *q == QoS::AtLeastOnce)
+        .map(|x| x.0)
+        .expect("qos 1");
+    assert!(
+        out.iter()
+            .any(|p| matches!(p, Packet::Publish(p) if p.dup && p.packet_id == qos1_id)),
+        "QoS 1 message not resent with DUP and id {qos1_id}: {out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|p| matches!(p, Packet::PubRel(r) if r.packet_id == qos2_id)),
+        "PUBREL {qos2_id} not resent: {out:?}"
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|p| matches!(p, Packet::Publish(_)))
+            .count(),
+        1,
+        "the released QoS 2 message must not be sent again: {out:?}"
+    );
+}
