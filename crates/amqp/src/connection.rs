@@ -393,6 +393,9 @@ impl Connection {
         for ch in channels {
             self.release_channel(ch);
         }
+        // Consumers are detached now; deliveries still in the outbox go
+        // back to their queues (drain_outbox requeues for closed channels).
+        self.drain_outbox();
         if let Some(v) = &self.vhost {
             v.connection_closed(self.id);
         }

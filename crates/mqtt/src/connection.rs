@@ -394,14 +394,15 @@ impl MqttConnection {
         if self.close_reason.is_none() {
             self.close_reason = Some(why.to_owned());
         }
-        // Deliveries not yet written go back to their queues.
+        // Detach first, then send back what was not written: a requeued
+        // message must not land in this dead connection's outbox again.
+        for c in self.consumers.drain(..) {
+            c.queue.remove_consumer(c.id);
+        }
         for ev in self.outbox.drain() {
             let MqttEvent::Deliver(d, c) = ev;
             c.release(1);
             d.queue.requeue(vec![(&d).into()]);
-        }
-        for c in self.consumers.drain(..) {
-            c.queue.remove_consumer(c.id);
         }
         if !was_connected {
             return;

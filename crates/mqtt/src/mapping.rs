@@ -253,8 +253,14 @@ mod tests {
         assert_eq!(&*m.routing_key, "a.b");
         assert_eq!(m.properties.delivery_mode, Some(2));
         let headers = m.properties.headers.as_ref().expect("headers");
-        assert_eq!(headers.get("x-reply-to-topic").and_then(FieldValue::as_str), Some("replies.client-7"));
-        assert_eq!(m.properties.reply_to, None, "reply_to names a queue, not a topic");
+        assert_eq!(
+            headers.get("x-reply-to-topic").and_then(FieldValue::as_str),
+            Some("replies.client-7")
+        );
+        assert_eq!(
+            m.properties.reply_to, None,
+            "reply_to names a queue, not a topic"
+        );
         assert_eq!(m.properties.expiration.as_deref(), Some("30000"));
         let now = Instant::now();
         let out = from_message(&Arc::new(m), Some(now + Duration::from_secs(30)), now);
