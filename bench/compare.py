@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Side-by-side throughput: Liebre vs RabbitMQ (AMQP) and Mosquitto (MQTT).
+
+Starts RabbitMQ and Mosquitto from Debian's packages by hand on loopback
+(throwaway directories, via tests/python/run_rabbitmq.sh and
+run_mosquitto.sh), starts a release build of Liebre, then runs the same
+load programs against each, interleaved A B A B, and reports medians, the
+broker's CPU seconds per run (from /proc), and ratios.
+
+    python3 bench/compare.py                 # 3 rounds of 10 s each
+    python3 bench/compare.py --rounds 5 --seconds 15 --skip-mqtt
+
+Installs the peers with apt-get when they are missing (needs root).
+Nothing here is a test: timing belongs in BENCHMARKS.md, not in asserts.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, cwd=ROOT, **kw)
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wait_port(port, timeout=30):
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def ensure_packages(skip_mqtt):
+    missing = []
+    if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
+        missing.append("rabbitmq-server")
+    if not skip_mqtt and not shutil.which("mosquitto") and not os.path.exists("/usr/sbin/mosquitto"):
+        missing.append("mosquitto")
+    if missing:
+        sh("apt-get", "update", "-qq")
+        sh("apt-get", "install", "-y", "-qq", *missing, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        for svc in missing:
+            subprocess.run(["service", svc.split("-")[0] if svc == "rabbitmq-server" else svc, "stop"],
+                           capture_output=True)
+
+
+MOSQ_PORT = 1886
+
+
+def start_mosquitto():
+    """Mosquitto with its defaults, but logging errors only (the test
+    oracle logs every packet, which would slow it down) and the same
+    per-client queue bound as Liebre's default."""
+    d = tempfile.mkdtemp(prefix="liebre-bench-mosquitto-")
+    conf = os.path.join(d, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {MOSQ_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                "log_type error\nlog_dest stderr\nmax_queued_messages 100000\n")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", conf], stderr=subprocess.DEVNULL)
+    wait_port(MOSQ_PORT)
+    return proc
+
+
+def rabbitmq_pid():
+    with open(os.environ.get("ORACLE_DIR", "/tmp/liebre-oracle") + "/rabbitmq.pid") as f:
+        return int(f.read().strip())
+
+
+def run_load(cmd, pid):
+    before = cpu_seconds(pid)
+    out = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    after = cpu_seconds(pid)
+    line = [l for l in out.splitlines() if l.startswith("{")][-1]
+    result = json.loads(line)
+    result["broker_cpu_s"] = after - before
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--skip-mqtt", action="store_true")
+    ap.add_argument("--json", help="write raw results here")
+    args = ap.parse_args()
+
+    ensure_packages(args.skip_mqtt)
+    sh("cargo", "build", "--release", "-q", "-p", "liebre")
+    sh("cargo", "build", "--release", "-q", "-p", "liebre-server", "--example", "amqp_load")
+    have_mqtt_load = os.path.exists(os.path.join(ROOT, "crates/server/examples/mqtt_load.rs"))
+    if have_mqtt_load and not args.skip_mqtt:
+        sh("cargo", "build", "--release", "-q", "-p", "liebre-server", "--example", "mqtt_load")
+
+    sh("tests/python/run_rabbitmq.sh", "start")
+    mosquitto = None
+    if not args.skip_mqtt:
+        mosquitto = start_mosquitto()
+    data = tempfile.mkdtemp(prefix="liebre-bench-")
+    liebre = subprocess.Popen(
+        [os.path.join(ROOT, "target/release/liebre"), "server", "--data-dir", data,
+         "--amqp", "127.0.0.1:5699", "--mqtt", "127.0.0.1:1899", "--mqtt-ws", "127.0.0.1:9099",
+         "--http", "127.0.0.1:15699", "--sys-interval", "0"],
+        stderr=subprocess.DEVNULL)
+    wait_port(5699)
+    wait_port(5673)
+
+    amqp = os.path.join(ROOT, "target/release/examples/amqp_load")
+    mqtt = os.path.join(ROOT, "target/release/examples/mqtt_load")
+    loads = {
+        "AMQP 16 B transient, 1 to 1, manual multi-ack": [
+            ("Liebre", [amqp, "--url", "amqp://guest:guest@127.0.0.1:5699/%2F", "--seconds", str(args.seconds), "--size", "16"], liebre.pid),
+            ("RabbitMQ", [amqp, "--url", "amqp://guest:guest@127.0.0.1:5673/%2F", "--seconds", str(args.seconds), "--size", "16"], rabbitmq_pid()),
+        ],
+    }
+    if have_mqtt_load and not args.skip_mqtt:
+        for qos in ("0", "1"):
+            for size in ("16", "1024"):
+                for subs in ("1", "100"):
+                    name = f"MQTT QoS {qos} {size} B, 1 to {subs}"
+                    common = ["--seconds", str(args.seconds), "--size", size, "--qos", qos, "--subscribers", subs]
+                    loads[name] = [
+                        ("Liebre", [mqtt, "--host", "127.0.0.1", "--port", "1899", *common], liebre.pid),
+                        ("Mosquitto", [mqtt, "--host", "127.0.0.1", "--port", str(MOSQ_PORT), *common], mosquitto.pid),
+                    ]
+    results = {}
+    try:
+        for name, targets in loads.items():
+            for r in range(args.rounds):
+                for broker, cmd, pid in targets:  # interleaved: A B A B ...
+                    res = run_load(cmd, pid)
+                    results.setdefault(name, {}).setdefault(broker, []).append(res)
+                    rate = res.get("msgs_per_sec") or res.get("delivered_per_sec")
+                    print(f"{name} | round {r + 1} | {broker}: {rate:,.0f} msg/s, broker CPU {res['broker_cpu_s']:.2f} s",
+                          file=sys.stderr)
+    finally:
+        if mosquitto:
+            mosquitto.terminate()
+        liebre.send_signal(signal.SIGTERM)
+        liebre.wait(timeout=15)
+        shutil.rmtree(data, ignore_errors=True)
+
+    print("| load | broker | msg/s (median) | broker CPU s per 1M msgs | throughput ratio | efficiency ratio |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for name, by_broker in results.items():
+        rows = {}
+        for broker, runs in by_broker.items():
+            rate = statistics.median(r.get("msgs_per_sec") or r.get("delivered_per_sec") for r in runs)
+            moved = [(r.get("consumed") or r.get("received_total") or 1) for r in runs]
+            cpu_per_m = statistics.median(r["broker_cpu_s"] / max(m, 1) * 1e6 for r, m in zip(runs, moved))
+            rows[broker] = (rate, cpu_per_m)
+        base = rows.get("Liebre")
+        for broker, (rate, cpu) in rows.items():
+            if broker == "Liebre":
+                print(f"| {name} | {broker} | {rate:,.0f} | {cpu:.2f} | | |")
+            else:
+                print(f"| {name} | {broker} | {rate:,.0f} | {cpu:.2f} | {base[0] / rate:.2f}x | {cpu / base[1]:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
