@@ -31,6 +31,10 @@ pub enum DecodeError {
         /// The protocol level byte as received (0 when the CONNECT ended before it).
         level: u8,
     },
+    /// A PUBLISH carries Topic Alias 0, which is never valid (5.0
+    /// §3.3.2.3.4). Reason code 0x94 Topic Alias invalid.
+    #[error("topic alias 0 is not valid")]
+    TopicAliasInvalid,
     /// The fixed header declares a packet larger than the maximum the
     /// caller accepts. Detected from the fixed header alone, before the
     /// rest of the packet is buffered. Reason code 0x95.
@@ -52,6 +56,7 @@ impl DecodeError {
             Self::MalformedPacket(_) => 0x81,
             Self::ProtocolError(_) => 0x82,
             Self::UnsupportedProtocol { .. } => 0x84,
+            Self::TopicAliasInvalid => 0x94,
             Self::PacketTooLarge { .. } => 0x95,
         }
     }

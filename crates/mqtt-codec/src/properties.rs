@@ -519,7 +519,10 @@ pub(crate) fn decode(r: &mut Reader, ctx: Context) -> Res<Properties> {
                 nonzero(r.u16()?, "receive maximum 0")?,
             ),
             TOPIC_ALIAS_MAXIMUM => set_once(&mut p.topic_alias_maximum, r.u16()?),
-            TOPIC_ALIAS => set_once(&mut p.topic_alias, nonzero(r.u16()?, "topic alias 0")?),
+            TOPIC_ALIAS => match r.u16()? {
+                0 => return Err(DecodeError::TopicAliasInvalid),
+                alias => set_once(&mut p.topic_alias, alias),
+            },
             MAXIMUM_QOS => set_once(
                 &mut p.maximum_qos,
                 zero_or_one(r.u8()?, "maximum QoS not 0 or 1")?,

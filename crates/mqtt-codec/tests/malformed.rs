@@ -127,7 +127,10 @@ fn properties() {
         Packet::Publish(_)
     ));
     protocol_error(&publish(&[0x01, 0x01, 0x01, 0x00]), V5); // twice
-    protocol_error(&publish(&[0x23, 0x00, 0x00]), V5); // topic alias 0
+    // Topic alias 0: its own reason code, 0x94 Topic Alias invalid.
+    let e = err(&publish(&[0x23, 0x00, 0x00]), V5);
+    assert_eq!(e, DecodeError::TopicAliasInvalid);
+    assert_eq!(e.reason_code(), 0x94);
     protocol_error(&publish(&[0x11, 0x00, 0x00, 0x00, 0x01]), V5); // session expiry
     protocol_error(&publish(&[0x01, 0x02]), V5); // payload format 2
     protocol_error(&publish(&[0x0B, 0x00]), V5); // subscription id 0
