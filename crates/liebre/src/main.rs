@@ -24,6 +24,9 @@ enum Command {
     Server(ServerArgs),
     /// Print an example configuration file.
     ExampleConfig,
+    /// Load-test a broker (AMQP, MQTT, idle connections) and report rates,
+    /// loss, latency percentiles and the client's own CPU cost.
+    Bench(liebre_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
             print!("{}", liebre_server::config::EXAMPLE_CONFIG);
             Ok(())
         }
+        Command::Bench(args) => liebre_bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -795,7 +795,10 @@ impl MqttConnection {
         };
         if p.qos == QoS::ExactlyOnce {
             let dup = self.session_mut(|s| !s.incoming_qos2.insert(p.packet_id));
+            // Only 5.0 clients were told our Receive Maximum; a 3.1.1
+            // client's QoS 2 window is bounded by its packet identifiers.
             if !dup
+                && v5
                 && self.session_mut(|s| s.incoming_qos2.len())
                     > usize::from(self.ctx.config.receive_maximum)
             {

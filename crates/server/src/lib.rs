@@ -178,33 +178,40 @@ impl Server {
     }
 }
 
+/// Pending connections the kernel may hold per listener (capped by
+/// `net.core.somaxconn`): a burst of clients reconnecting after a restart
+/// must not wait for SYN retransmits.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn bind_all(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
     match listen {
-        Listen::Addrs(addrs) => {
-            let mut out = Vec::new();
-            for a in addrs {
-                out.push(
-                    TcpListener::bind(a)
-                        .await
-                        .with_context(|| format!("binding {a}"))?,
-                );
-            }
-            Ok(out)
-        }
+        Listen::Addrs(addrs) => addrs
+            .iter()
+            .map(|a| bind(*a).with_context(|| format!("binding {a}")))
+            .collect(),
         Listen::Default(port) => {
             // `[::]` takes IPv4 too on a dual-stack host; hosts without
             // IPv6 get the IPv4 wildcard.
             let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, *port).into();
-            match TcpListener::bind(v6).await {
+            match bind(v6) {
                 Ok(l) => Ok(vec![l]),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                     Err(e).with_context(|| format!("binding {v6}"))
                 }
                 Err(_) => {
                     let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, *port).into();
-                    Ok(vec![TcpListener::bind(v4)
-                        .await
-                        .with_context(|| format!("binding {v4}"))?])
+                    Ok(vec![bind(v4).with_context(|| format!("binding {v4}"))?])
                 }
             }
         }
