@@ -1,0 +1,258 @@
+//! What the log knows in memory about what is on disk: which messages are
+//! still live (and for which queues), which segment each lives in, and
+//! which segments may be deleted.
+//!
+//! The same index is rebuilt by recovery and then kept by the writer, so
+//! the rules are applied identically in both places.
+//!
+//! # The reclamation rule
+//!
+//! A segment may be deleted when
+//! 1. it is not the active segment,
+//! 2. none of its messages is live (every queue of every message acked),
+//! 3. every segment that one of its ack records refers to (a segment
+//!    holding a message it acknowledges) is already deleted.
+//!
+//! Rule 3 keeps an ack record on disk for as long as the message it
+//! acknowledges is: deleting it earlier would bring that message back on
+//! the next recovery. References always point to older segments, so a pass
+//! in ascending order deletes whole chains at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// One segment as the index sees it.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentInfo {
+    /// Messages of this segment with at least one queue yet to ack.
+    pub(crate) live: u64,
+    /// Older segments holding messages acknowledged by this segment's ack
+    /// records.
+    pub(crate) refs: BTreeSet<u64>,
+    /// Bytes on disk.
+    pub(crate) size: u64,
+}
+
+/// The queues that still have to acknowledge a message. One queue is by far
+/// the common case, and costs no allocation.
+#[derive(Debug)]
+enum Remaining {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Remaining {
+    fn new(mut queues: Vec<u32>) -> Option<Self> {
+        queues.sort_unstable();
+        queues.dedup();
+        match queues.as_slice() {
+            [] => None,
+            [q] => Some(Self::One(*q)),
+            _ => Some(Self::Many(queues)),
+        }
+    }
+
+    fn contains(&self, queue: u32) -> bool {
+        match self {
+            Self::One(q) => *q == queue,
+            Self::Many(qs) => qs.contains(&queue),
+        }
+    }
+
+    /// Removes `queue`; `Some(now_empty)` if it was there.
+    fn remove(&mut self, queue: u32) -> Option<bool> {
+        match self {
+            Self::One(q) => (*q == queue).then_some(true),
+            Self::Many(qs) => {
+                let pos = qs.iter().position(|q| *q == queue)?;
+                qs.remove(pos);
+                Some(qs.is_empty())
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let (one, many) = match self {
+            Self::One(q) => (Some(*q), &[][..]),
+            Self::Many(qs) => (None, qs.as_slice()),
+        };
+        one.into_iter().chain(many.iter().copied())
+    }
+}
+
+#[derive(Debug)]
+struct Live {
+    segment: u64,
+    queues: Remaining,
+}
+
+/// What one applied acknowledgement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Acked {
+    /// The segment holding the message.
+    pub(crate) segment: u64,
+    /// Whether that was the message's last queue.
+    pub(crate) died: bool,
+}
+
+/// Live messages and segments.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    pub(crate) segments: BTreeMap<u64, SegmentInfo>,
+    live: HashMap<u64, Live>,
+}
+
+impl Index {
+    pub(crate) fn add_segment(&mut self, number: u64, size: u64) {
+        self.segments.insert(
+            number,
+            SegmentInfo {
+                size,
+                ..SegmentInfo::default()
+            },
+        );
+    }
+
+    pub(crate) fn set_size(&mut self, number: u64, size: u64) {
+        if let Some(s) = self.segments.get_mut(&number) {
+            s.size = size;
+        }
+    }
+
+    /// Records a message written to `segment`. False (and nothing
+    /// recorded) for an id already known or an empty queue list.
+    pub(crate) fn add_message(&mut self, segment: u64, id: u64, queues: Vec<u32>) -> bool {
+        if self.live.contains_key(&id) {
+            return false;
+        }
+        let Some(queues) = Remaining::new(queues) else {
+            return false;
+        };
+        self.live.insert(id, Live { segment, queues });
+        if let Some(s) = self.segments.get_mut(&segment) {
+            s.live += 1;
+        }
+        true
+    }
+
+    /// Applies one acknowledgement; `None` if the pair is not live (an
+    /// unknown or reclaimed message, a queue it was not routed to, or a
+    /// repeated ack), which is then to be ignored.
+    pub(crate) fn ack(&mut self, queue: u32, id: u64) -> Option<Acked> {
+        let live = self.live.get_mut(&id)?;
+        let died = live.queues.remove(queue)?;
+        let segment = live.segment;
+        if died {
+            self.live.remove(&id);
+            if let Some(s) = self.segments.get_mut(&segment) {
+                s.live = s.live.saturating_sub(1);
+            }
+        }
+        Some(Acked { segment, died })
+    }
+
+    /// Notes that an ack record in `from` acknowledges a message in `to`.
+    pub(crate) fn add_ref(&mut self, from: u64, to: u64) {
+        if from != to {
+            if let Some(s) = self.segments.get_mut(&from) {
+                s.refs.insert(to);
+            }
+        }
+    }
+
+    /// The queues still to acknowledge message `id`.
+    pub(crate) fn queues_of(&self, id: u64) -> impl Iterator<Item = u32> + '_ {
+        self.live.get(&id).into_iter().flat_map(|l| l.queues.iter())
+    }
+
+    /// Every live pair of one queue, in message id order.
+    pub(crate) fn pairs_of_queue(&self, queue: u32) -> Vec<(u32, u64)> {
+        let mut ids: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.queues.contains(queue))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|id| (queue, id)).collect()
+    }
+
+    /// The segments that may be deleted now, in the order to delete them
+    /// (ascending; see the module docs for the rule).
+    pub(crate) fn reclaimable(&self, active: u64) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        for (number, s) in &self.segments {
+            if *number == active || s.live > 0 {
+                continue;
+            }
+            let pinned = s
+                .refs
+                .iter()
+                .any(|r| self.segments.contains_key(r) && out.binary_search(r).is_err());
+            if !pinned {
+                out.push(*number);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn remove_segment(&mut self, number: u64) {
+        self.segments.remove(&number);
+    }
+
+    pub(crate) fn live_messages(&self) -> u64 {
+        self.live.len() as u64
+    }
+
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_queue_message_dies_with_its_last_queue() {
+        let mut ix = Index::default();
+        ix.add_segment(1, 0);
+        assert!(ix.add_message(1, 10, vec![2, 1, 2]));
+        assert_eq!(ix.queues_of(10).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(ix.ack(3, 10), None, "not routed to queue 3");
+        assert_eq!(
+            ix.ack(1, 10),
+            Some(Acked {
+                segment: 1,
+                died: false
+            })
+        );
+        assert_eq!(ix.ack(1, 10), None, "repeated ack is ignored");
+        assert_eq!(ix.segments[&1].live, 1);
+        assert_eq!(
+            ix.ack(2, 10),
+            Some(Acked {
+                segment: 1,
+                died: true
+            })
+        );
+        assert_eq!(ix.segments[&1].live, 0);
+        assert_eq!(ix.live_messages(), 0);
+    }
+
+    #[test]
+    fn acks_pin_their_segment_until_the_acked_segment_is_gone() {
+        let mut ix = Index::default();
+        for n in 1..=3 {
+            ix.add_segment(n, 100);
+        }
+        ix.add_message(1, 1, vec![1]); // stays live
+        ix.add_message(1, 2, vec![1]);
+        ix.ack(1, 2);
+        ix.add_ref(2, 1); // segment 2 holds the ack of message 2
+        assert_eq!(ix.reclaimable(3), Vec::<u64>::new());
+        ix.ack(1, 1);
+        ix.add_ref(3, 1);
+        // 1 then 2 in one pass; 3 is active.
+        assert_eq!(ix.reclaimable(3), vec![1, 2]);
+    }
+}
