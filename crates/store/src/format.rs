@@ -220,7 +220,7 @@ pub(crate) fn parse_record(kind: u8, payload: &[u8]) -> Result<Record<'_>, &'sta
             })
         }
         KIND_ACK => {
-            if payload.len() % ACK_PAIR_LEN != 0 {
+            if !payload.len().is_multiple_of(ACK_PAIR_LEN) {
                 return Err("ack record length is not a multiple of 12");
             }
             Ok(Record::Ack(AckPairs(payload)))
