@@ -127,7 +127,7 @@ fn properties() {
         Packet::Publish(_)
     ));
     protocol_error(&publish(&[0x01, 0x01, 0x01, 0x00]), V5); // twice
-    // Topic alias 0: its own reason code, 0x94 Topic Alias invalid.
+                                                             // Topic alias 0: its own reason code, 0x94 Topic Alias invalid.
     let e = err(&publish(&[0x23, 0x00, 0x00]), V5);
     assert_eq!(e, DecodeError::TopicAliasInvalid);
     assert_eq!(e.reason_code(), 0x94);
