@@ -20,6 +20,7 @@ pub struct Broker {
     ids: AtomicU64,
     metrics: Arc<Metrics>,
     started: std::time::Instant,
+    definitions: std::sync::OnceLock<Arc<dyn crate::Definitions>>,
 }
 
 impl Default for Broker {
@@ -38,6 +39,7 @@ impl Broker {
             ids: AtomicU64::new(1),
             metrics: Arc::new(Metrics::default()),
             started,
+            definitions: std::sync::OnceLock::new(),
         };
         b.add_vhost("/");
         b
@@ -46,6 +48,15 @@ impl Broker {
     /// The clock everything in this broker reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// Report durable definition changes to `d` from now on, in every
+    /// vhost (set once, after definitions were loaded).
+    pub fn set_definitions(&self, d: Arc<dyn crate::Definitions>) {
+        let _ = self.definitions.set(d.clone());
+        for v in self.vhosts() {
+            v.set_definitions(d.clone());
+        }
     }
 
     /// Broker-wide counters.
@@ -79,7 +90,13 @@ impl Broker {
         self.vhosts
             .write()
             .entry(name.to_owned())
-            .or_insert_with(|| VHost::new(name, self.clock.clone(), self.metrics.clone()))
+            .or_insert_with(|| {
+                let v = VHost::new(name, self.clock.clone(), self.metrics.clone());
+                if let Some(d) = self.definitions.get() {
+                    v.set_definitions(d.clone());
+                }
+                v
+            })
             .clone()
     }
 

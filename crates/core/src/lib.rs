@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - [`broker`]: the vhost registry, the root handle.
+//! - [`definitions`]: the seam where durable definitions leave the core.
 //! - [`vhost`]: declarations, bindings, routing, dead-lettering.
 //! - [`exchange`]: exchange types and their binding indexes.
 //! - [`topic`]: the topic trie (AMQP topic exchanges, MQTT filters).
@@ -19,6 +20,7 @@
 //! - [`retained`]: retained messages per topic (MQTT).
 
 pub mod broker;
+pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod message;
@@ -30,6 +32,7 @@ pub mod topic;
 pub mod vhost;
 
 pub use broker::Broker;
+pub use definitions::Definitions;
 pub use error::{CoreError, Result};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 pub use message::{Clock, Delivery, ManualClock, Message, SystemClock};

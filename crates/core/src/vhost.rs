@@ -49,6 +49,7 @@ pub struct VHost {
     queues: RwLock<HashMap<ShortStr, Arc<Queue>>>,
     retained: crate::retained::Retained,
     metrics: Arc<crate::metrics::Metrics>,
+    definitions: std::sync::OnceLock<Arc<dyn crate::Definitions>>,
 }
 
 impl std::fmt::Debug for VHost {
@@ -83,12 +84,47 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             retained: Default::default(),
             metrics,
+            definitions: std::sync::OnceLock::new(),
         })
     }
 
     /// The vhost's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Report durable definition changes to `d` from now on (once).
+    pub fn set_definitions(&self, d: Arc<dyn crate::Definitions>) {
+        let _ = self.definitions.set(d);
+    }
+
+    fn defs(&self) -> Option<&Arc<dyn crate::Definitions>> {
+        self.definitions.get()
+    }
+
+    fn durable_destination(&self, d: &Destination) -> bool {
+        match d {
+            Destination::Queue(q) => q.durable() && q.exclusive_owner().is_none(),
+            Destination::Exchange(name) => self.exchange(name).is_some_and(|e| e.options().durable),
+        }
+    }
+
+    fn report_binding(&self, source: &Exchange, binding: &Binding, added: bool) {
+        let Some(d) = self.defs() else { return };
+        if !source.options().durable || !self.durable_destination(&binding.destination) {
+            return;
+        }
+        if added {
+            d.binding_added(&self.name, source.name(), binding);
+        } else {
+            d.binding_removed(&self.name, source.name(), binding);
+        }
+    }
+
+    fn report_exchange_deleted(&self, ex: &Exchange) {
+        if let (Some(d), true) = (self.defs(), ex.options().durable) {
+            d.exchange_deleted(&self.name, ex.name());
+        }
     }
 
     /// Retained messages (MQTT).
@@ -199,6 +235,10 @@ impl VHost {
         }
         let ex = Arc::new(Exchange::new(ShortStr::from(name), kind, options));
         exchanges.insert(ex.name().clone(), ex.clone());
+        drop(exchanges);
+        if let (Some(d), true) = (self.defs(), ex.options().durable) {
+            d.exchange_declared(&self.name, &ex);
+        }
         Ok(ex)
     }
 
@@ -229,9 +269,10 @@ impl VHost {
             }
             exchanges.remove(name)
         };
-        if ex.is_some() {
+        if let Some(ex) = ex {
             let dest = Destination::Exchange(ShortStr::from(name));
             self.remove_bindings_to(&dest);
+            self.report_exchange_deleted(&ex);
         }
         Ok(())
     }
@@ -263,6 +304,7 @@ impl VHost {
             let removed = self.exchanges.write().remove(&**ex.name());
             if removed.is_some() {
                 self.remove_bindings_to(&Destination::Exchange(ex.name().clone()));
+                self.report_exchange_deleted(ex);
             }
         }
     }
@@ -365,6 +407,10 @@ impl VHost {
             self.clock.clone(),
         ));
         queues.insert(name, q.clone());
+        drop(queues);
+        if let (Some(d), true) = (self.defs(), q.durable() && q.exclusive_owner().is_none()) {
+            d.queue_declared(&self.name, &q);
+        }
         Ok(q)
     }
 
@@ -436,6 +482,9 @@ impl VHost {
 
     /// A queue left the map: detach and notify its consumers, drop its bindings.
     fn finish_delete(&self, q: Arc<Queue>) -> u32 {
+        if let (Some(d), true) = (self.defs(), q.durable() && q.exclusive_owner().is_none()) {
+            d.queue_deleted(&self.name, q.name());
+        }
         let (consumers, dropped) = q.mark_deleted();
         for c in consumers {
             c.sink.cancelled(&c.tag);
@@ -514,11 +563,14 @@ impl VHost {
     ) -> Result<()> {
         let (ex, q) = self.binding_ends(queue, exchange, conn)?;
         validate_binding_args(&ex, &arguments)?;
-        ex.bind(Binding {
+        let b = Binding {
             destination: Destination::Queue(q),
             routing_key: ShortStr::from(routing_key),
             arguments,
-        });
+        };
+        if ex.bind(b.clone()) {
+            self.report_binding(&ex, &b, true);
+        }
         Ok(())
     }
 
@@ -532,12 +584,13 @@ impl VHost {
         conn: u64,
     ) -> Result<()> {
         let (ex, q) = self.binding_ends(queue, exchange, conn)?;
-        let removed = ex.unbind(&Binding {
+        let b = Binding {
             destination: Destination::Queue(q),
             routing_key: ShortStr::from(routing_key),
             arguments,
-        });
-        if removed {
+        };
+        if ex.unbind(&b) {
+            self.report_binding(&ex, &b, false);
             self.maybe_auto_delete_exchange(&ex);
         }
         Ok(())
@@ -569,11 +622,14 @@ impl VHost {
     ) -> Result<()> {
         let (src, _dst) = self.exchange_ends(destination, source)?;
         validate_binding_args(&src, &arguments)?;
-        src.bind(Binding {
+        let b = Binding {
             destination: Destination::Exchange(ShortStr::from(destination)),
             routing_key: ShortStr::from(routing_key),
             arguments,
-        });
+        };
+        if src.bind(b.clone()) {
+            self.report_binding(&src, &b, true);
+        }
         Ok(())
     }
 
@@ -586,12 +642,13 @@ impl VHost {
         arguments: FieldTable,
     ) -> Result<()> {
         let (src, _dst) = self.exchange_ends(destination, source)?;
-        let removed = src.unbind(&Binding {
+        let b = Binding {
             destination: Destination::Exchange(ShortStr::from(destination)),
             routing_key: ShortStr::from(routing_key),
             arguments,
-        });
-        if removed {
+        };
+        if src.unbind(&b) {
+            self.report_binding(&src, &b, false);
             self.maybe_auto_delete_exchange(&src);
         }
         Ok(())

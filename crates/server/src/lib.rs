@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`config`]: flags, environment and TOML file.
+//! - [`definitions`]: durable exchanges, queues and bindings in the store.
 //! - `driver`: the one loop that runs a connection over TCP or WebSocket.
 //! - [`amqp`]: the AMQP listener.
 //! - [`mqtt`]: the MQTT listeners (TCP and WebSocket).
@@ -13,6 +14,7 @@
 
 pub mod amqp;
 pub mod config;
+pub mod definitions;
 mod driver;
 pub mod mqtt;
 
@@ -39,6 +41,7 @@ pub struct Server {
     mqtt_addrs: Vec<SocketAddr>,
     mqtt_ws_addrs: Vec<SocketAddr>,
     mqtt: Arc<liebre_mqtt::MqttContext>,
+    definitions: Arc<definitions::StoredDefinitions>,
     token: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
@@ -50,6 +53,8 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let broker = Arc::new(Broker::default());
+        let definitions = definitions::attach(&broker, &config.data_dir)
+            .context("restoring durable definitions")?;
         let auth = Arc::new(AuthStore::default());
         auth.set_loopback_users(config.loopback_users.clone());
         let token = CancellationToken::new();
@@ -122,6 +127,7 @@ impl Server {
             mqtt_addrs,
             mqtt_ws_addrs,
             mqtt,
+            definitions,
             token,
             tracker,
             grace: config.shutdown_grace,
@@ -174,6 +180,9 @@ impl Server {
         {
             tracing::warn!(message = "Some connections did not close within the grace period.");
         }
+        // Release the metadata database (and its file lock) now, not when
+        // the last reference to the broker happens to go.
+        self.definitions.close();
         info!(message = "Stopped.");
     }
 }

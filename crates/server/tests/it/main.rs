@@ -8,6 +8,7 @@ mod support;
 
 mod basic;
 mod confirms;
+mod durable;
 mod errors;
 mod extras;
 mod frames;

@@ -92,6 +92,7 @@ impl Drop for TempDir {
 pub(crate) struct TestServer {
     server: Option<Server>,
     pub(crate) addr: SocketAddr,
+    config: Config,
     _dir: TempDir,
 }
 
@@ -104,15 +105,27 @@ impl TestServer {
         let dir = TempDir::new();
         let mut config = Config::ephemeral(dir.path());
         configure(&mut config);
-        let server = within("server start", Server::start(config))
+        let server = within("server start", Server::start(config.clone()))
             .await
             .expect("server starts");
         let addr = server.amqp_addrs()[0];
         Self {
             server: Some(server),
             addr,
+            config,
             _dir: dir,
         }
+    }
+
+    /// Stop the broker and start it again on the same data directory
+    /// (new ephemeral ports).
+    pub(crate) async fn restart(&mut self) {
+        self.shutdown().await;
+        let server = within("server restart", Server::start(self.config.clone()))
+            .await
+            .expect("server restarts");
+        self.addr = server.amqp_addrs()[0];
+        self.server = Some(server);
     }
 
     pub(crate) fn server(&self) -> &Server {

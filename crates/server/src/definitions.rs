@@ -1,0 +1,296 @@
+//! Durable definitions kept in the store's metadata database, so a
+//! restart keeps durable exchanges, durable queues and the bindings
+//! between them (messages are not kept yet: issue 4 goes on).
+//!
+//! Values are JSON in the shape of RabbitMQ's `definitions.json` entries,
+//! so an export can later be produced from the table as it is.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use liebre_amqp_codec::{FieldTable, FieldValue, ShortStr};
+use liebre_core::{Binding, Broker, Exchange, ExchangeOptions, Queue, QueueOptions};
+use liebre_store::meta::{key, vhost_prefix};
+use liebre_store::{MetaStore, Table};
+use serde_json::{json, Map, Value};
+use tracing::{error, info};
+
+/// Writes definition changes to the metadata database.
+#[derive(Debug)]
+pub struct StoredDefinitions {
+    // Closed (None) at shutdown: the database's file lock must go with the
+    // server even while stray references to the broker linger.
+    meta: parking_lot::Mutex<Option<MetaStore>>,
+}
+
+impl StoredDefinitions {
+    /// Open (or create) `<data_dir>/meta.redb`.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        let path = data_dir.join(liebre_store::META_FILE);
+        let meta = MetaStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self {
+            meta: parking_lot::Mutex::new(Some(meta)),
+        })
+    }
+
+    /// Close the database; later changes are not stored (and say so).
+    pub fn close(&self) {
+        self.meta.lock().take();
+    }
+
+    fn with_meta<T>(&self, f: impl FnOnce(&MetaStore) -> liebre_store::Result<T>) -> Option<T> {
+        match self.meta.lock().as_ref().map(f) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                error!(message = "Metadata store operation failed.", %e);
+                None
+            }
+            None => {
+                error!(message = "Definition change after the store was closed; not stored.");
+                None
+            }
+        }
+    }
+
+    fn scan(&self, table: Table) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        self.with_meta(|m| m.scan(table))
+            .with_context(|| format!("reading stored {}", table.name()))
+    }
+
+    /// Recreate every stored definition in `broker`.
+    pub fn load_into(&self, broker: &Broker) -> anyhow::Result<()> {
+        let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
+        for (k, v) in self.scan(Table::Exchanges)? {
+            let d: Value = serde_json::from_slice(&v).with_context(|| format!("exchange {k}"))?;
+            let vhost = broker.add_vhost(str_of(&d, "vhost"));
+            let opts = ExchangeOptions {
+                durable: true,
+                auto_delete: d["auto_delete"].as_bool().unwrap_or(false),
+                internal: d["internal"].as_bool().unwrap_or(false),
+                arguments: table_from_json(&d["arguments"]),
+            };
+            match vhost.declare_exchange(str_of(&d, "name"), str_of(&d, "type"), opts, false) {
+                Ok(_) => exchanges += 1,
+                Err(e) => error!(message = "Stored exchange not restored.", key = %k, %e),
+            }
+        }
+        for (k, v) in self.scan(Table::Queues)? {
+            let d: Value = serde_json::from_slice(&v).with_context(|| format!("queue {k}"))?;
+            let vhost = broker.add_vhost(str_of(&d, "vhost"));
+            let opts = QueueOptions {
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: d["auto_delete"].as_bool().unwrap_or(false),
+                arguments: table_from_json(&d["arguments"]),
+            };
+            match vhost.declare_queue(str_of(&d, "name"), opts, false, 0) {
+                Ok(_) => queues += 1,
+                Err(e) => error!(message = "Stored queue not restored.", key = %k, %e),
+            }
+        }
+        for (k, v) in self.scan(Table::Bindings)? {
+            let d: Value = serde_json::from_slice(&v).with_context(|| format!("binding {k}"))?;
+            let Some(vhost) = broker.vhost(str_of(&d, "vhost")) else {
+                continue;
+            };
+            let args = table_from_json(&d["arguments"]);
+            let (src, dst, rk) = (
+                str_of(&d, "source"),
+                str_of(&d, "destination"),
+                str_of(&d, "routing_key"),
+            );
+            let r = match str_of(&d, "destination_type") {
+                "queue" => vhost.bind_queue(dst, src, rk, args, 0),
+                _ => vhost.bind_exchange(dst, src, rk, args),
+            };
+            match r {
+                Ok(()) => bindings += 1,
+                Err(e) => error!(message = "Stored binding not restored.", key = %k, %e),
+            }
+        }
+        info!(
+            message = "Definitions restored.",
+            exchanges, queues, bindings
+        );
+        Ok(())
+    }
+
+    fn put(&self, table: Table, k: &str, v: &Value) {
+        self.with_meta(|m| m.put(table, k, v.to_string().as_bytes()));
+    }
+
+    fn delete(&self, table: Table, k: &str) {
+        self.with_meta(|m| m.delete(table, k));
+    }
+
+    /// Remove every stored binding of `vhost` that `pred` selects.
+    fn delete_bindings(&self, vhost: &str, pred: impl Fn(&Value) -> bool) {
+        let Some(rows) = self.with_meta(|m| m.scan_prefix(Table::Bindings, &vhost_prefix(vhost)))
+        else {
+            return;
+        };
+        for (k, v) in rows {
+            if serde_json::from_slice::<Value>(&v).is_ok_and(|d| pred(&d)) {
+                self.delete(Table::Bindings, &k);
+            }
+        }
+    }
+}
+
+fn binding_key(vhost: &str, source: &str, b: &Binding) -> (String, Value) {
+    let args = table_to_json(&b.arguments);
+    let v = json!({
+        "vhost": vhost,
+        "source": source,
+        "destination": &**b.destination.name(),
+        "destination_type": b.destination.kind(),
+        "routing_key": &*b.routing_key,
+        "arguments": args,
+    });
+    let id = format!(
+        "{source}\u{1}{}\u{1}{}\u{1}{}\u{1}{}",
+        b.destination.kind(),
+        b.destination.name(),
+        b.routing_key,
+        v["arguments"]
+    );
+    (key(vhost, &id), v)
+}
+
+impl liebre_core::Definitions for StoredDefinitions {
+    fn exchange_declared(&self, vhost: &str, ex: &Exchange) {
+        let o = ex.options();
+        let v = json!({
+            "name": &**ex.name(), "vhost": vhost, "type": ex.kind().as_str(), "durable": true,
+            "auto_delete": o.auto_delete, "internal": o.internal, "arguments": table_to_json(&o.arguments),
+        });
+        self.put(Table::Exchanges, &key(vhost, ex.name()), &v);
+    }
+
+    fn exchange_deleted(&self, vhost: &str, name: &str) {
+        self.delete(Table::Exchanges, &key(vhost, name));
+        self.delete_bindings(vhost, |d| {
+            d["source"] == name || (d["destination_type"] == "exchange" && d["destination"] == name)
+        });
+    }
+
+    fn queue_declared(&self, vhost: &str, q: &Queue) {
+        let v = json!({
+            "name": &**q.name(), "vhost": vhost, "durable": true,
+            "auto_delete": q.auto_delete(), "arguments": table_to_json(q.arguments()),
+        });
+        self.put(Table::Queues, &key(vhost, q.name()), &v);
+    }
+
+    fn queue_deleted(&self, vhost: &str, name: &str) {
+        self.delete(Table::Queues, &key(vhost, name));
+        self.delete_bindings(vhost, |d| {
+            d["destination_type"] == "queue" && d["destination"] == name
+        });
+    }
+
+    fn binding_added(&self, vhost: &str, source: &str, b: &Binding) {
+        let (k, v) = binding_key(vhost, source, b);
+        self.put(Table::Bindings, &k, &v);
+    }
+
+    fn binding_removed(&self, vhost: &str, source: &str, b: &Binding) {
+        let (k, _) = binding_key(vhost, source, b);
+        self.delete(Table::Bindings, &k);
+    }
+}
+
+fn str_of<'a>(d: &'a Value, field: &str) -> &'a str {
+    d[field].as_str().unwrap_or_default()
+}
+
+/// A field table as JSON, as RabbitMQ writes arguments in definitions.
+pub fn table_to_json(t: &FieldTable) -> Value {
+    Value::Object(
+        t.iter()
+            .map(|(k, v)| (k.to_string(), value_to_json(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn value_to_json(v: &FieldValue) -> Value {
+    match v {
+        FieldValue::Bool(b) => json!(b),
+        FieldValue::F32(f) => json!(f),
+        FieldValue::F64(f) => json!(f),
+        FieldValue::Decimal { scale, value } => {
+            json!(f64::from(*value) / 10f64.powi(i32::from(*scale)))
+        }
+        FieldValue::Array(a) => Value::Array(a.iter().map(value_to_json).collect()),
+        FieldValue::Table(t) => table_to_json(t),
+        FieldValue::Void => Value::Null,
+        FieldValue::LongString(b) | FieldValue::ByteArray(b) => json!(String::from_utf8_lossy(b)),
+        other => match (other.as_i64(), other.as_str()) {
+            (Some(n), _) => json!(n),
+            (None, Some(s)) => json!(s),
+            _ => Value::Null,
+        },
+    }
+}
+
+/// JSON arguments back as a field table (integers as long, strings as longstr).
+pub fn table_from_json(v: &Value) -> FieldTable {
+    let mut t = FieldTable::default();
+    if let Value::Object(m) = v {
+        for (k, v) in m {
+            t.insert(ShortStr::from(k.as_str()), value_from_json(v));
+        }
+    }
+    t
+}
+
+fn value_from_json(v: &Value) -> FieldValue {
+    match v {
+        Value::Null => FieldValue::Void,
+        Value::Bool(b) => FieldValue::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => FieldValue::I64(i),
+            None => FieldValue::F64(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => FieldValue::LongString(Bytes::from(s.clone())),
+        Value::Array(a) => FieldValue::Array(a.iter().map(value_from_json).collect()),
+        Value::Object(_) => FieldValue::Table(table_from_json(v)),
+    }
+}
+
+/// Open the store and restore definitions, then report changes to it.
+pub fn attach(broker: &Arc<Broker>, data_dir: &Path) -> anyhow::Result<Arc<StoredDefinitions>> {
+    let defs = Arc::new(StoredDefinitions::open(data_dir)?);
+    defs.load_into(broker)?;
+    broker.set_definitions(defs.clone());
+    Ok(defs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_survive_json() {
+        let mut t = FieldTable::default();
+        t.insert(ShortStr::from("x-max-length"), FieldValue::I32(10));
+        t.insert(
+            ShortStr::from("x-dead-letter-exchange"),
+            FieldValue::LongString(Bytes::from("dlx")),
+        );
+        t.insert(ShortStr::from("flag"), FieldValue::Bool(true));
+        let back = table_from_json(&table_to_json(&t));
+        assert_eq!(
+            back.get("x-max-length").and_then(FieldValue::as_i64),
+            Some(10)
+        );
+        assert_eq!(
+            back.get("x-dead-letter-exchange")
+                .and_then(FieldValue::as_str),
+            Some("dlx")
+        );
+        assert_eq!(back.get("flag").and_then(FieldValue::as_bool), Some(true));
+    }
+}
