@@ -7,9 +7,9 @@ use liebre_amqp::{Connection, Context};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{warn, Instrument};
+use tracing::Instrument;
 
-use crate::driver::{drive, Kind, NotifyWaker};
+use crate::driver::{accept, drive, Kind, NotifyWaker};
 
 /// Accept AMQP connections until shutdown.
 pub async fn accept_loop(
@@ -18,28 +18,15 @@ pub async fn accept_loop(
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = token.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let waker = Arc::new(NotifyWaker::default());
-                let conn = Connection::new(ctx.clone(), peer, waker.clone(), Instant::now());
-                let span = tracing::info_span!("amqp", %peer);
-                let metrics = (ctx.broker.metrics().clone(), Kind::Amqp);
-                tracker.spawn(
-                    drive(conn, stream.into_split(), waker, token.clone(), metrics)
-                        .instrument(span),
-                );
-            }
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!(message = "Accept failed.", %e);
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let stop = token.clone();
+    accept(listener, stop, |stream, peer| {
+        let waker = Arc::new(NotifyWaker::default());
+        let conn = Connection::new(ctx.clone(), peer, waker.clone(), Instant::now());
+        let metrics = (ctx.broker.metrics().clone(), Kind::Amqp);
+        let span = tracing::info_span!("amqp", %peer);
+        tracker.spawn(
+            drive(conn, stream.into_split(), waker, token.clone(), metrics).instrument(span),
+        );
+    })
+    .await;
 }

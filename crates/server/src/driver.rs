@@ -266,6 +266,32 @@ pub(crate) async fn drive_ws<C, S>(
     );
 }
 
+/// Accept connections on `listener` until shutdown, handing each socket
+/// (with TCP_NODELAY set) to `serve`, which spawns its task.
+pub(crate) async fn accept(
+    listener: tokio::net::TcpListener,
+    token: CancellationToken,
+    mut serve: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr),
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = token.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                serve(stream, peer);
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(message = "Accept failed.", %e);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,

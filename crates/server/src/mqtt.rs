@@ -10,9 +10,9 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 
-use crate::driver::{drive, drive_ws, Kind, NotifyWaker};
+use crate::driver::{accept, drive, drive_ws, Kind, NotifyWaker};
 
 /// Accept MQTT connections until shutdown.
 pub async fn accept_loop(
@@ -21,29 +21,17 @@ pub async fn accept_loop(
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = token.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let waker = Arc::new(NotifyWaker::default());
-                let conn = MqttConnection::new(ctx.clone(), peer, waker.clone(), Instant::now());
-                let span = tracing::info_span!("mqtt", %peer);
-                let metrics = (ctx.broker.metrics().clone(), Kind::Mqtt);
-                tracker.spawn(
-                    drive(conn, stream.into_split(), waker, token.clone(), metrics)
-                        .instrument(span),
-                );
-            }
-            Err(e) => {
-                warn!(message = "Accept failed.", %e);
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let stop = token.clone();
+    accept(listener, stop, |stream, peer| {
+        let waker = Arc::new(NotifyWaker::default());
+        let conn = MqttConnection::new(ctx.clone(), peer, waker.clone(), Instant::now());
+        let metrics = (ctx.broker.metrics().clone(), Kind::Mqtt);
+        let span = tracing::info_span!("mqtt", %peer);
+        tracker.spawn(
+            drive(conn, stream.into_split(), waker, token.clone(), metrics).instrument(span),
+        );
+    })
+    .await;
 }
 
 /// Accept MQTT-over-WebSocket connections until shutdown.
@@ -53,20 +41,8 @@ pub async fn accept_ws_loop(
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = token.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(message = "Accept failed.", %e);
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    let stop = token.clone();
+    accept(listener, stop, |stream, peer| {
         let ctx = ctx.clone();
         let token = token.clone();
         let span = tracing::info_span!("mqtt-ws", %peer);
@@ -90,7 +66,8 @@ pub async fn accept_ws_loop(
             }
             .instrument(span),
         );
-    }
+    })
+    .await;
 }
 
 /// Check the path and pick the MQTT subprotocol.
