@@ -9,6 +9,7 @@ broker's CPU seconds per run (from /proc), and ratios.
 
     python3 bench/compare.py                 # 3 rounds of 10 s each
     python3 bench/compare.py --rounds 5 --seconds 15 --skip-mqtt
+    python3 bench/compare.py --client libs   # the lapin/rumqttc examples instead
 
 Installs the peers with apt-get when they are missing (needs root).
 Nothing here is a test: timing belongs in BENCHMARKS.md, not in asserts.
@@ -100,20 +101,87 @@ def run_load(cmd, pid):
     return result
 
 
+LIEBRE = os.path.join(ROOT, "target/release/liebre")
+
+
+def bench_loads(args, liebre_pid, mosquitto):
+    """The issue 5 loads, driven by `liebre bench` (a lean client)."""
+    d = ["--duration", str(args.seconds), "--json", "--no-progress"]
+    amqp = lambda port, *extra: [LIEBRE, "bench", "amqp", "--url", f"amqp://guest:guest@127.0.0.1:{port}/%2F", *d, *extra]
+    loads = {
+        "AMQP 16 B transient, 1 to 1": [
+            ("Liebre", amqp(5699), liebre_pid), ("RabbitMQ", amqp(5673), rabbitmq_pid())],
+        "AMQP 1 KiB transient, 1 to 1": [
+            ("Liebre", amqp(5699, "--size", "1024"), liebre_pid), ("RabbitMQ", amqp(5673, "--size", "1024"), rabbitmq_pid())],
+        "AMQP latency at 1000 msg/s": [
+            ("Liebre", amqp(5699, "--rate", "1000"), liebre_pid), ("RabbitMQ", amqp(5673, "--rate", "1000"), rabbitmq_pid())],
+    }
+    if mosquitto is not None:
+        mqtt = lambda port, *extra: [LIEBRE, "bench", "mqtt", "--port", str(port), *d, *extra]
+        for qos in ("0", "1"):
+            for subs in ("1", "100"):
+                extra = ("--qos", qos, "--subscribers", subs)
+                loads[f"MQTT QoS {qos} 16 B, 1 to {subs}"] = [
+                    ("Liebre", mqtt(1899, *extra), liebre_pid), ("Mosquitto", mqtt(MOSQ_PORT, *extra), mosquitto.pid)]
+        extra = ("--qos", "1", "--rate", "1000")
+        loads["MQTT QoS 1 latency at 1000 msg/s"] = [
+            ("Liebre", mqtt(1899, *extra), liebre_pid), ("Mosquitto", mqtt(MOSQ_PORT, *extra), mosquitto.pid)]
+    return loads
+
+
+def library_loads(args, liebre_pid, mosquitto, have_mqtt_load):
+    """The first loads, with lapin and rumqttc as clients."""
+    amqp = os.path.join(ROOT, "target/release/examples/amqp_load")
+    mqtt = os.path.join(ROOT, "target/release/examples/mqtt_load")
+    loads = {
+        "AMQP 16 B transient, 1 to 1, manual multi-ack": [
+            ("Liebre", [amqp, "--url", "amqp://guest:guest@127.0.0.1:5699/%2F", "--seconds", str(args.seconds), "--size", "16"], liebre_pid),
+            ("RabbitMQ", [amqp, "--url", "amqp://guest:guest@127.0.0.1:5673/%2F", "--seconds", str(args.seconds), "--size", "16"], rabbitmq_pid()),
+        ],
+    }
+    if have_mqtt_load and mosquitto is not None:
+        for qos in ("0", "1"):
+            for size in ("16", "1024"):
+                for subs in ("1", "100"):
+                    name = f"MQTT QoS {qos} {size} B, 1 to {subs}"
+                    common = ["--seconds", str(args.seconds), "--size", size, "--qos", qos, "--subscribers", subs]
+                    loads[name] = [
+                        ("Liebre", [mqtt, "--host", "127.0.0.1", "--port", "1899", *common], liebre_pid),
+                        ("Mosquitto", [mqtt, "--host", "127.0.0.1", "--port", str(MOSQ_PORT), *common], mosquitto.pid),
+                    ]
+    return loads
+
+
+def rate_of(r):
+    """Messages per second from either kind of load program."""
+    return r.get("consume_rate") or r.get("msgs_per_sec") or r.get("delivered_per_sec") or 0.0
+
+
+def moved_of(r):
+    return r.get("consumed") or r.get("received_total") or 1
+
+
+def p99_of(r):
+    return (r.get("latency_us") or {}).get("p99")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--skip-mqtt", action="store_true")
     ap.add_argument("--json", help="write raw results here")
+    ap.add_argument("--client", choices=["bench", "libs"], default="bench",
+                    help="bench: `liebre bench` (lean); libs: the lapin/rumqttc examples")
     args = ap.parse_args()
 
     ensure_packages(args.skip_mqtt)
     sh("cargo", "build", "--release", "-q", "-p", "liebre")
-    sh("cargo", "build", "--release", "-q", "-p", "liebre-server", "--example", "amqp_load")
     have_mqtt_load = os.path.exists(os.path.join(ROOT, "crates/server/examples/mqtt_load.rs"))
-    if have_mqtt_load and not args.skip_mqtt:
-        sh("cargo", "build", "--release", "-q", "-p", "liebre-server", "--example", "mqtt_load")
+    if args.client == "libs":
+        sh("cargo", "build", "--release", "-q", "-p", "liebre-server", "--example", "amqp_load")
+        if have_mqtt_load and not args.skip_mqtt:
+            sh("cargo", "build", "--release", "-q", "-p", "liebre-server", "--example", "mqtt_load")
 
     sh("tests/python/run_rabbitmq.sh", "start")
     mosquitto = None
@@ -128,24 +196,10 @@ def main():
     wait_port(5699)
     wait_port(5673)
 
-    amqp = os.path.join(ROOT, "target/release/examples/amqp_load")
-    mqtt = os.path.join(ROOT, "target/release/examples/mqtt_load")
-    loads = {
-        "AMQP 16 B transient, 1 to 1, manual multi-ack": [
-            ("Liebre", [amqp, "--url", "amqp://guest:guest@127.0.0.1:5699/%2F", "--seconds", str(args.seconds), "--size", "16"], liebre.pid),
-            ("RabbitMQ", [amqp, "--url", "amqp://guest:guest@127.0.0.1:5673/%2F", "--seconds", str(args.seconds), "--size", "16"], rabbitmq_pid()),
-        ],
-    }
-    if have_mqtt_load and not args.skip_mqtt:
-        for qos in ("0", "1"):
-            for size in ("16", "1024"):
-                for subs in ("1", "100"):
-                    name = f"MQTT QoS {qos} {size} B, 1 to {subs}"
-                    common = ["--seconds", str(args.seconds), "--size", size, "--qos", qos, "--subscribers", subs]
-                    loads[name] = [
-                        ("Liebre", [mqtt, "--host", "127.0.0.1", "--port", "1899", *common], liebre.pid),
-                        ("Mosquitto", [mqtt, "--host", "127.0.0.1", "--port", str(MOSQ_PORT), *common], mosquitto.pid),
-                    ]
+    if args.client == "bench":
+        loads = bench_loads(args, liebre.pid, mosquitto)
+    else:
+        loads = library_loads(args, liebre.pid, mosquitto, have_mqtt_load)
     results = {}
     try:
         for name, targets in loads.items():
@@ -153,9 +207,10 @@ def main():
                 for broker, cmd, pid in targets:  # interleaved: A B A B ...
                     res = run_load(cmd, pid)
                     results.setdefault(name, {}).setdefault(broker, []).append(res)
-                    rate = res.get("msgs_per_sec") or res.get("delivered_per_sec")
-                    print(f"{name} | round {r + 1} | {broker}: {rate:,.0f} msg/s, broker CPU {res['broker_cpu_s']:.2f} s",
-                          file=sys.stderr)
+                    p99 = p99_of(res)
+                    lat = f", p99 {p99} µs" if p99 is not None else ""
+                    print(f"{name} | round {r + 1} | {broker}: {rate_of(res):,.0f} msg/s{lat}, "
+                          f"broker CPU {res['broker_cpu_s']:.2f} s", file=sys.stderr)
     finally:
         if mosquitto:
             mosquitto.terminate()
@@ -163,21 +218,25 @@ def main():
         liebre.wait(timeout=15)
         shutil.rmtree(data, ignore_errors=True)
 
-    print("| load | broker | msg/s (median) | broker CPU s per 1M msgs | throughput ratio | efficiency ratio |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| load | broker | msg/s (median) | p99 µs (median) | broker CPU s per 1M msgs | throughput ratio | efficiency ratio | p99 ratio |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, by_broker in results.items():
         rows = {}
         for broker, runs in by_broker.items():
-            rate = statistics.median(r.get("msgs_per_sec") or r.get("delivered_per_sec") for r in runs)
-            moved = [(r.get("consumed") or r.get("received_total") or 1) for r in runs]
-            cpu_per_m = statistics.median(r["broker_cpu_s"] / max(m, 1) * 1e6 for r, m in zip(runs, moved))
-            rows[broker] = (rate, cpu_per_m)
+            rate = statistics.median(rate_of(r) for r in runs)
+            p99s = [p99_of(r) for r in runs if p99_of(r) is not None]
+            p99 = statistics.median(p99s) if p99s else None
+            cpu_per_m = statistics.median(r["broker_cpu_s"] / moved_of(r) * 1e6 for r in runs)
+            rows[broker] = (rate, p99, cpu_per_m)
         base = rows.get("Liebre")
-        for broker, (rate, cpu) in rows.items():
+        for broker, (rate, p99, cpu) in rows.items():
+            p99_txt = f"{p99:,.0f}" if p99 is not None else ""
             if broker == "Liebre":
-                print(f"| {name} | {broker} | {rate:,.0f} | {cpu:.2f} | | |")
+                print(f"| {name} | {broker} | {rate:,.0f} | {p99_txt} | {cpu:.2f} | | | |")
             else:
-                print(f"| {name} | {broker} | {rate:,.0f} | {cpu:.2f} | {base[0] / rate:.2f}x | {cpu / base[1]:.2f}x |")
+                p99_ratio = f"{base[1] / p99:.2f}" if p99 and base[1] else ""
+                print(f"| {name} | {broker} | {rate:,.0f} | {p99_txt} | {cpu:.2f} | "
+                      f"{base[0] / rate:.2f}x | {cpu / base[2]:.2f}x | {p99_ratio} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
