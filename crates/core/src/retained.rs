@@ -35,11 +35,22 @@ pub fn mqtt_filter_matches(filter: &str, topic: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Retained {
     by_topic: RwLock<HashMap<String, Arc<Message>>>,
+    // Changes not yet taken by the store (latest per topic; None = cleared).
+    // Bounded by the number of topics, like the map itself.
+    changes: parking_lot::Mutex<HashMap<String, Option<Arc<Message>>>>,
 }
 
 impl Retained {
     /// Set (or with `None`, clear) the retained message of `topic`.
     pub fn set(&self, topic: &str, message: Option<Arc<Message>>) {
+        self.changes
+            .lock()
+            .insert(topic.to_owned(), message.clone());
+        self.restore(topic, message);
+    }
+
+    /// Set without recording a change (loading from the store).
+    pub fn restore(&self, topic: &str, message: Option<Arc<Message>>) {
         let mut m = self.by_topic.write();
         match message {
             Some(msg) => {
@@ -49,6 +60,14 @@ impl Retained {
                 m.remove(topic);
             }
         }
+    }
+
+    /// Take the changes made since the last call, for the store to write
+    /// behind (latest per topic; `None` means the topic was cleared).
+    pub fn take_changes(&self) -> Vec<(String, Option<Arc<Message>>)> {
+        std::mem::take(&mut *self.changes.lock())
+            .into_iter()
+            .collect()
     }
 
     /// Every retained message whose topic matches `filter`, sorted by topic.

@@ -1,6 +1,8 @@
 //! Durable definitions kept in the store's metadata database, so a
 //! restart keeps durable exchanges, durable queues and the bindings
-//! between them (messages are not kept yet: issue 4 goes on).
+//! between them, and the MQTT retained messages (written behind, every
+//! tick, in one transaction). Messages in queues are not kept yet: issue 4
+//! goes on.
 //!
 //! Values are JSON in the shape of RabbitMQ's `definitions.json` entries,
 //! so an export can later be produced from the table as it is.
@@ -110,11 +112,59 @@ impl StoredDefinitions {
                 Err(e) => error!(message = "Stored binding not restored.", key = %k, %e),
             }
         }
+        let mut retained = 0;
+        for (k, v) in self.scan(Table::Retained)? {
+            let Some((vhost, topic)) = liebre_store::meta::split_key(&k) else {
+                continue;
+            };
+            match decode_message(&v) {
+                Some(m) => {
+                    broker
+                        .add_vhost(vhost)
+                        .retained()
+                        .restore(topic, Some(Arc::new(m)));
+                    retained += 1;
+                }
+                None => error!(message = "Stored retained message unreadable.", key = %k),
+            }
+        }
         info!(
             message = "Definitions restored.",
-            exchanges, queues, bindings
+            exchanges, queues, bindings, retained
         );
         Ok(())
+    }
+
+    /// Write retained-message changes since the last call, in one
+    /// transaction. `$SYS` topics are the broker's own and not kept.
+    pub fn flush_retained(&self, broker: &Broker) {
+        let mut rows: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        for vhost in broker.vhosts() {
+            for (topic, msg) in vhost.retained().take_changes() {
+                if topic.starts_with("$SYS/") {
+                    continue;
+                }
+                rows.push((key(vhost.name(), &topic), msg.map(|m| encode_message(&m))));
+            }
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let ops: Vec<liebre_store::MetaOp<'_>> = rows
+            .iter()
+            .map(|(k, v)| match v {
+                Some(value) => liebre_store::MetaOp::Put {
+                    table: Table::Retained,
+                    key: k,
+                    value,
+                },
+                None => liebre_store::MetaOp::Delete {
+                    table: Table::Retained,
+                    key: k,
+                },
+            })
+            .collect();
+        self.with_meta(|m| m.apply(&ops));
     }
 
     fn put(&self, table: Table, k: &str, v: &Value) {
@@ -202,6 +252,45 @@ impl liebre_core::Definitions for StoredDefinitions {
     }
 }
 
+/// A message as stored: exchange and routing key (u8 length each), the
+/// properties as on the wire (u32 length), then the body.
+fn encode_message(m: &liebre_core::Message) -> Vec<u8> {
+    fn short(s: &str) -> &[u8] {
+        let b = s.as_bytes();
+        &b[..b.len().min(255)]
+    }
+    let (ex, rk) = (short(&m.exchange), short(&m.routing_key));
+    let mut out =
+        Vec::with_capacity(2 + ex.len() + rk.len() + 4 + m.raw_properties.len() + m.body.len());
+    out.push(ex.len() as u8);
+    out.extend_from_slice(ex);
+    out.push(rk.len() as u8);
+    out.extend_from_slice(rk);
+    out.extend_from_slice(&(m.raw_properties.len() as u32).to_be_bytes());
+    out.extend_from_slice(&m.raw_properties);
+    out.extend_from_slice(&m.body);
+    out
+}
+
+fn decode_message(b: &[u8]) -> Option<liebre_core::Message> {
+    let (&n, rest) = b.split_first()?;
+    let (ex, rest) = rest.split_at_checked(usize::from(n))?;
+    let (&n, rest) = rest.split_first()?;
+    let (rk, rest) = rest.split_at_checked(usize::from(n))?;
+    let (len, rest) = rest.split_at_checked(4)?;
+    let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+    let (raw, body) = rest.split_at_checked(len)?;
+    let raw = Bytes::copy_from_slice(raw);
+    let properties = liebre_amqp_codec::BasicProperties::decode(&raw).ok()?;
+    Some(liebre_core::Message::new(
+        ShortStr::from(std::str::from_utf8(ex).ok()?),
+        ShortStr::from(std::str::from_utf8(rk).ok()?),
+        properties,
+        raw,
+        Bytes::copy_from_slice(body),
+    ))
+}
+
 fn str_of<'a>(d: &'a Value, field: &str) -> &'a str {
     d[field].as_str().unwrap_or_default()
 }
@@ -271,6 +360,27 @@ pub fn attach(broker: &Arc<Broker>, data_dir: &Path) -> anyhow::Result<Arc<Store
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_messages_decode_as_written() {
+        let props = liebre_amqp_codec::BasicProperties {
+            content_type: Some(ShortStr::from("text/plain")),
+            delivery_mode: Some(2),
+            ..Default::default()
+        };
+        let m = liebre_core::Message::with_properties(
+            ShortStr::from("amq.topic"),
+            ShortStr::from("plant.north.state"),
+            props.clone(),
+            Bytes::from_static(b"online"),
+        );
+        let back = decode_message(&encode_message(&m)).expect("decodes");
+        assert_eq!(&*back.routing_key, "plant.north.state");
+        assert_eq!(&*back.exchange, "amq.topic");
+        assert_eq!(back.properties, props);
+        assert_eq!(&back.body[..], b"online");
+        assert!(decode_message(&encode_message(&m)[..5]).is_none());
+    }
 
     #[test]
     fn arguments_survive_json() {

@@ -116,7 +116,12 @@ impl Server {
                 tracker.clone(),
             ));
         }
-        tracker.spawn(tick_loop(broker.clone(), mqtt.clone(), token.clone()));
+        tracker.spawn(tick_loop(
+            broker.clone(),
+            mqtt.clone(),
+            definitions.clone(),
+            token.clone(),
+        ));
         if !config.sys_interval.is_zero() {
             tracker.spawn(sys_loop(mqtt.clone(), config.sys_interval, token.clone()));
         }
@@ -180,8 +185,9 @@ impl Server {
         {
             tracing::warn!(message = "Some connections did not close within the grace period.");
         }
-        // Release the metadata database (and its file lock) now, not when
-        // the last reference to the broker happens to go.
+        // Last retained changes, then release the metadata database (and
+        // its file lock) now, not when the last reference to the broker goes.
+        self.definitions.flush_retained(&self.broker);
         self.definitions.close();
         info!(message = "Stopped.");
     }
@@ -230,6 +236,7 @@ async fn bind_all(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
 async fn tick_loop(
     broker: Arc<Broker>,
     mqtt: Arc<liebre_mqtt::MqttContext>,
+    definitions: Arc<definitions::StoredDefinitions>,
     token: CancellationToken,
 ) {
     let mut every = tokio::time::interval(Duration::from_millis(250));
@@ -240,6 +247,9 @@ async fn tick_loop(
             _ = every.tick() => {
                 broker.tick();
                 mqtt.sessions.tick(broker.clock().now());
+                // Retained messages are written behind, a tick's worth at once.
+                let (b, d) = (broker.clone(), definitions.clone());
+                let _ = tokio::task::spawn_blocking(move || d.flush_retained(&b)).await;
             }
         }
     }

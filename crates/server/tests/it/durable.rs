@@ -161,3 +161,54 @@ async fn durable_definitions_survive_a_restart_and_transient_ones_do_not() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_survive_a_restart_and_clearing_is_remembered() {
+    guard(async {
+        let mut srv = TestServer::start().await;
+        let msg = |body: &'static [u8]| {
+            std::sync::Arc::new(liebre_core::Message::with_properties(
+                "amq.topic".into(),
+                "plant.north.state".into(),
+                Default::default(),
+                bytes::Bytes::from_static(body),
+            ))
+        };
+        let retained = |srv: &TestServer| {
+            srv.broker()
+                .vhost("/")
+                .expect("vhost")
+                .retained()
+                .matching("plant/+/state")
+                .into_iter()
+                .map(|(t, m)| (t, m.body.to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let vhost = srv.broker().vhost("/").expect("vhost");
+        vhost
+            .retained()
+            .set("plant/north/state", Some(msg(b"online")));
+        vhost
+            .retained()
+            .set("plant/south/state", Some(msg(b"offline")));
+        srv.restart().await;
+        assert_eq!(
+            retained(&srv),
+            vec![
+                ("plant/north/state".to_owned(), b"online".to_vec()),
+                ("plant/south/state".to_owned(), b"offline".to_vec()),
+            ]
+        );
+        srv.broker()
+            .vhost("/")
+            .expect("vhost")
+            .retained()
+            .set("plant/south/state", None);
+        srv.restart().await;
+        assert_eq!(
+            retained(&srv),
+            vec![("plant/north/state".to_owned(), b"online".to_vec())]
+        );
+    })
+    .await;
+}
