@@ -479,16 +479,7 @@ impl Connection {
                 ))
             }
         };
-        let failure_close = m
-            .client_properties
-            .get("capabilities")
-            .and_then(|c| match c {
-                FieldValue::Table(t) => t
-                    .get("authentication_failure_close")
-                    .and_then(FieldValue::as_bool),
-                _ => None,
-            })
-            .unwrap_or(false);
+        let failure_close = client_capability(&m.client_properties, "authentication_failure_close");
         self.client_properties = m.client_properties;
         let refused = format!(
             "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
@@ -1025,16 +1016,7 @@ impl Connection {
     fn basic_consume(&mut self, ch: u16, m: codec::BasicConsume) -> Result<(), AmqpError> {
         let vhost = self.open_vhost()?;
         let id = self.ctx.broker.next_id();
-        let cancel_notify = self
-            .client_properties
-            .get("capabilities")
-            .and_then(|c| match c {
-                FieldValue::Table(t) => t
-                    .get("consumer_cancel_notify")
-                    .and_then(FieldValue::as_bool),
-                _ => None,
-            })
-            .unwrap_or(false);
+        let cancel_notify = client_capability(&self.client_properties, "consumer_cancel_notify");
         let queue = if &*m.queue == "amq.rabbitmq.reply-to" {
             if !m.no_ack {
                 return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
@@ -1503,6 +1485,14 @@ impl Connection {
     fn release_channel(&mut self, ch: u16) {
         self.release_channel_state(ch);
         self.channels.remove(&ch);
+    }
+}
+
+/// Whether the client announced `name` in its `capabilities` table.
+fn client_capability(client_properties: &FieldTable, name: &str) -> bool {
+    match client_properties.get("capabilities") {
+        Some(FieldValue::Table(t)) => t.get(name).and_then(FieldValue::as_bool).unwrap_or(false),
+        _ => false,
     }
 }
 
