@@ -33,7 +33,6 @@ def test_sigterm_closes_clients_with_320_and_exits_0(fresh_liebre):
     assert proc.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="durable store not built yet (issue 4): a restart loses everything")
 def test_durable_things_survive_a_restart(fresh_liebre):
     """The work-queues tutorial: durable queue + persistent messages survive a broker restart;
     transient messages, non-durable queues and exchanges do not."""
@@ -77,7 +76,6 @@ def test_durable_things_survive_a_restart(fresh_liebre):
     assert second.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="durable store not built yet (issue 4): a restart loses everything")
 def test_kill_9_keeps_every_confirmed_persistent_message(fresh_liebre):
     first = fresh_liebre()
     conn = first.broker.connect()
@@ -100,7 +98,6 @@ def test_kill_9_keeps_every_confirmed_persistent_message(fresh_liebre):
     assert second.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="durable store not built yet (issue 4): a restart loses everything")
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_unacked_messages_come_back_redelivered_after_restart(fresh_liebre, how):
     """A message delivered but not acknowledged before the broker went down is delivered

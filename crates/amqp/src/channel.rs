@@ -120,8 +120,11 @@ pub(crate) struct Channel {
     pub mode: Mode,
     /// Next publish sequence number in confirm mode.
     pub next_publish_seq: u64,
-    /// Confirms to send: (seq, ack?) in order.
-    pub confirms: Vec<(u64, bool)>,
+    /// Confirms to send, in order: (seq, ack?, store position to wait
+    /// for; 0 for none).
+    pub confirms: VecDeque<(u64, bool, u64)>,
+    /// `tx.commit-ok`s to send once the store reaches their position.
+    pub commit_oks: VecDeque<u64>,
     pub tx_publishes: Vec<TxPublish>,
     pub tx_settles: Vec<TxSettle>,
     /// The hidden queue behind `amq.rabbitmq.reply-to` on this channel.
@@ -144,7 +147,8 @@ impl Channel {
             consumer_prefetch: 0,
             mode: Mode::Normal,
             next_publish_seq: 1,
-            confirms: Vec::new(),
+            confirms: VecDeque::new(),
+            commit_oks: VecDeque::new(),
             tx_publishes: Vec::new(),
             tx_settles: Vec::new(),
             reply_queue: None,
@@ -217,7 +221,10 @@ impl Channel {
         }
         for (q, returned) in by_queue {
             match requeue {
-                None => q.ack(returned.len() as u64),
+                None => q.ack(
+                    returned.len() as u64,
+                    returned.iter().filter_map(|r| r.stored),
+                ),
                 Some(true) => q.requeue(returned),
                 Some(false) => q.reject(returned),
             }

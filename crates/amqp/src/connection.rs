@@ -113,6 +113,8 @@ pub struct Connection {
     outbox: Arc<Outbox>,
     client_properties: FieldTable,
     close_reason: Option<String>,
+    /// The store position this connection asked to be woken at.
+    sync_wait: u64,
 }
 
 impl std::fmt::Debug for Connection {
@@ -151,6 +153,7 @@ impl Connection {
             outbox,
             client_properties: FieldTable::default(),
             close_reason: None,
+            sync_wait: 0,
             ctx,
         }
     }
@@ -1097,6 +1100,7 @@ impl Connection {
                     redelivered: got.redelivered,
                     expires_at: got.expires_at,
                     needs_ack: !m.no_ack,
+                    stored: got.stored,
                 };
                 let c = self.channel_mut(ch)?;
                 let tag = c.track(delivery, None);
@@ -1187,10 +1191,14 @@ impl Connection {
             // the transaction is ignored rather than failing the commit.
             let _ = Self::apply_settle(c, s);
         }
+        let mut lsn = 0;
         for p in publishes {
-            self.route_and_enqueue(ch, &vhost, &p.exchange, p.message, p.mandatory)?;
+            lsn =
+                lsn.max(self.route_and_enqueue(ch, &vhost, &p.exchange, p.message, p.mandatory)?);
         }
-        self.write_method(ch, &Method::TxCommitOk);
+        // Commit-ok once the committed persistent messages are on disk.
+        let c = self.channel_mut(ch)?;
+        c.commit_oks.push_back(lsn);
         Ok(())
     }
 
@@ -1319,6 +1327,7 @@ impl Connection {
             return Ok(());
         }
         self.route_and_enqueue(ch, &vhost, &p.exchange, message, p.mandatory)
+            .map(drop)
             .map_err(|e| e.at(60, 40))
     }
 
@@ -1329,7 +1338,7 @@ impl Connection {
         exchange: &str,
         message: Arc<Message>,
         mandatory: bool,
-    ) -> Result<(), AmqpError> {
+    ) -> Result<u64, AmqpError> {
         let outcome = vhost.publish(exchange, message.clone())?;
         if outcome.routed == 0 && mandatory {
             hot::write_basic_return(
@@ -1353,21 +1362,41 @@ impl Connection {
         if c.mode == Mode::Confirm {
             let seq = c.next_publish_seq;
             c.next_publish_seq += 1;
-            c.confirms.push((seq, !outcome.rejected));
+            c.confirms.push_back((seq, !outcome.rejected, outcome.lsn));
         }
-        Ok(())
+        Ok(outcome.lsn)
     }
 
-    /// Write pending confirms, one `multiple` ack per run of acks.
+    /// Write pending confirms, one `multiple` ack per run of acks, and
+    /// `tx.commit-ok`s. Those of persistent messages wait until the store
+    /// has them on disk (and everything after them on the channel waits
+    /// too, to keep the order); the connection asks the store to wake it.
     fn flush_confirms(&mut self) {
+        let store = self.vhost.as_ref().and_then(|v| v.store()).cloned();
+        let synced = store.as_ref().map_or(u64::MAX, |s| s.synced());
+        let mut wait = 0u64;
         for (&ch, c) in self.channels.iter_mut() {
+            while let Some(&lsn) = c.commit_oks.front() {
+                if lsn > synced {
+                    wait = wait.max(lsn);
+                    break;
+                }
+                c.commit_oks.pop_front();
+                if let Err(e) = encode_method_frame(&mut self.out, ch, &Method::TxCommitOk) {
+                    tracing::error!(message = "Failed to encode tx.commit-ok.", %e);
+                }
+            }
             if c.confirms.is_empty() {
                 continue;
             }
-            let confirms = std::mem::take(&mut c.confirms);
+            let ready = c.confirms.iter().take_while(|x| x.2 <= synced).count();
+            if let Some(&(_, _, lsn)) = c.confirms.back().filter(|_| ready < c.confirms.len()) {
+                wait = wait.max(lsn);
+            }
+            let confirms: Vec<(u64, bool, u64)> = c.confirms.drain(..ready).collect();
             let mut i = 0;
             while i < confirms.len() {
-                let (seq, ack) = confirms[i];
+                let (seq, ack, _) = confirms[i];
                 if !ack {
                     hot::write_basic_nack(&mut self.out, ch, seq, false, false);
                     i += 1;
@@ -1381,6 +1410,10 @@ impl Connection {
                 hot::write_basic_ack(&mut self.out, ch, last, j > i);
                 i = j + 1;
             }
+        }
+        if let Some(store) = store.filter(|_| wait > self.sync_wait) {
+            self.sync_wait = wait;
+            store.wake_when_synced(wait, self.outbox.waker().clone());
         }
     }
 

@@ -21,6 +21,7 @@ pub struct Broker {
     metrics: Arc<Metrics>,
     started: std::time::Instant,
     definitions: std::sync::OnceLock<Arc<dyn crate::Definitions>>,
+    store: std::sync::OnceLock<Arc<dyn crate::MessageStore>>,
 }
 
 impl Default for Broker {
@@ -40,6 +41,7 @@ impl Broker {
             metrics: Arc::new(Metrics::default()),
             started,
             definitions: std::sync::OnceLock::new(),
+            store: std::sync::OnceLock::new(),
         };
         b.add_vhost("/");
         b
@@ -57,6 +59,21 @@ impl Broker {
         for v in self.vhosts() {
             v.set_definitions(d.clone());
         }
+    }
+
+    /// Keep persistent messages of durable queues in `store` from now on,
+    /// in every vhost (set once, before definitions are loaded, so that
+    /// restored queues get their store ids).
+    pub fn set_store(&self, store: Arc<dyn crate::MessageStore>) {
+        let _ = self.store.set(store.clone());
+        for v in self.vhosts() {
+            v.set_store(store.clone());
+        }
+    }
+
+    /// The message store, if there is one.
+    pub fn store(&self) -> Option<&Arc<dyn crate::MessageStore>> {
+        self.store.get()
     }
 
     /// Broker-wide counters.
@@ -94,6 +111,9 @@ impl Broker {
                 let v = VHost::new(name, self.clock.clone(), self.metrics.clone());
                 if let Some(d) = self.definitions.get() {
                     v.set_definitions(d.clone());
+                }
+                if let Some(s) = self.store.get() {
+                    v.set_store(s.clone());
                 }
                 v
             })

@@ -17,6 +17,7 @@
 //! - [`message`]: the shared message, deliveries, clocks.
 //! - [`metrics`]: broker-wide counters.
 //! - [`outbox`]: a connection's bounded inbox of deliveries.
+//! - [`persistence`]: the seam where persistent messages reach the store.
 //! - [`retained`]: retained messages per topic (MQTT).
 
 pub mod broker;
@@ -26,6 +27,7 @@ pub mod exchange;
 pub mod message;
 pub mod metrics;
 pub mod outbox;
+pub mod persistence;
 pub mod queue;
 pub mod retained;
 pub mod topic;
@@ -38,6 +40,7 @@ pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions
 pub use message::{Clock, Delivery, ManualClock, Message, SystemClock};
 pub use metrics::Metrics;
 pub use outbox::{Outbox, Wake};
+pub use persistence::{MessageStore, StoreRefused, Stored};
 pub use queue::{
     Consumer, ConsumerSink, Got, Queue, QueueArgs, QueueOptions, QueueStats, Returned,
 };

@@ -111,6 +111,16 @@ pub struct Delivery {
     pub expires_at: Option<Instant>,
     /// Whether the consumer acknowledges it (false for no-ack consumers).
     pub needs_ack: bool,
+    /// Its id in the message store, if stored for this queue and
+    /// acknowledgement is expected.
+    pub stored: Option<u64>,
+}
+
+impl Delivery {
+    /// Settle it as acknowledged (or otherwise done with, for good).
+    pub fn ack(&self) {
+        self.queue.ack(1, self.stored);
+    }
 }
 
 impl fmt::Debug for Delivery {

@@ -51,6 +51,11 @@ impl<E> Outbox<E> {
         }
     }
 
+    /// What wakes the connection's task.
+    pub fn waker(&self) -> &Arc<dyn Wake> {
+        &self.waker
+    }
+
     /// Whether consumers without their own credit limit should hold off.
     pub fn is_full(&self) -> bool {
         self.len.load(Ordering::Relaxed) >= self.max_len

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use crate::error::{CoreError, Result};
 use crate::message::{Clock, Delivery, Message};
+use crate::persistence::{QueueStore, Recovered};
 use crate::vhost::VHost;
 
 /// Receives deliveries for one consumer. Implemented by protocol front ends.
@@ -239,6 +240,8 @@ struct Entry {
     seq: u64,
     redelivered: bool,
     expires_at: Option<Instant>,
+    /// Its id in the message store, if it is stored for this queue.
+    stored: Option<u64>,
 }
 
 /// Ready messages: one FIFO per priority level (one level unless the
@@ -332,6 +335,7 @@ pub struct Queue {
     args: QueueArgs,
     vhost: Weak<VHost>,
     clock: Arc<dyn Clock>,
+    store: Option<QueueStore>,
     state: Mutex<State>,
 }
 
@@ -379,6 +383,8 @@ pub struct Got {
     pub expires_at: Option<Instant>,
     /// Messages still ready after this one.
     pub remaining: u64,
+    /// Its id in the message store, if it is stored for this queue.
+    pub stored: Option<u64>,
 }
 
 /// A delivered message coming back to its queue.
@@ -390,6 +396,8 @@ pub struct Returned {
     pub seq: u64,
     /// When it expires, as it was when delivered (requeue keeps it).
     pub expires_at: Option<Instant>,
+    /// Its id in the message store, if it is stored for this queue.
+    pub stored: Option<u64>,
 }
 
 impl From<&Delivery> for Returned {
@@ -398,11 +406,23 @@ impl From<&Delivery> for Returned {
             message: d.message.clone(),
             seq: d.seq,
             expires_at: d.expires_at,
+            stored: d.stored,
         }
     }
 }
 
 type DeadLetters = Vec<(Arc<Message>, DeathReason)>;
+
+/// Messages that left a queue for good, as `(queue id, message id)` for
+/// the store; reported after the queue lock is released.
+type Removed = Vec<(u32, u64)>;
+
+/// What an operation under the queue lock leaves to do after it.
+#[derive(Default)]
+struct Out {
+    dead: DeadLetters,
+    removed: Removed,
+}
 
 impl Queue {
     pub(crate) fn new(
@@ -411,6 +431,7 @@ impl Queue {
         options: QueueOptions,
         args: QueueArgs,
         clock: Arc<dyn Clock>,
+        store: Option<QueueStore>,
     ) -> Self {
         let now = clock.now();
         let ready = Ready::new(args.max_priority.unwrap_or(0));
@@ -424,6 +445,7 @@ impl Queue {
             args,
             vhost: Arc::downgrade(vhost),
             clock,
+            store,
             state: Mutex::new(State {
                 ready,
                 unacked: 0,
@@ -496,31 +518,46 @@ impl Queue {
         self.state.lock().last_used = self.clock.now();
     }
 
-    /// Offer a routed message.
-    pub fn enqueue(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
+    /// The queue's id in the message store, if its persistent messages are
+    /// stored (durable, not exclusive, and the broker has a store).
+    pub fn store_id(&self) -> Option<u32> {
+        self.store.as_ref().map(|s| s.id)
+    }
+
+    /// Offer a routed message. `stored` is its id in the message store,
+    /// if it was stored for this queue (see [`Queue::store_id`]).
+    pub fn enqueue(self: &Arc<Self>, message: Arc<Message>, stored: Option<u64>) -> Enqueued {
+        let stored = stored.filter(|_| self.store.is_some());
         let now = self.clock.now();
-        let mut dead = DeadLetters::new();
+        let mut out = Out::default();
         let result = {
             let mut st = self.state.lock();
             if st.deleted {
+                drop(st);
+                self.gone(&mut out, stored);
+                self.finish(out);
                 return Enqueued::Accepted;
             }
             let size = message.body.len() as u64;
             if self.would_overflow(&st, size) {
                 match self.args.overflow {
                     Overflow::DropHead => {}
-                    Overflow::RejectPublish => return Enqueued::Rejected,
+                    Overflow::RejectPublish => {
+                        drop(st);
+                        self.gone(&mut out, stored);
+                        self.finish(out);
+                        return Enqueued::Rejected;
+                    }
                     Overflow::RejectPublishDlx => {
                         drop(st);
-                        self.dead_letter(vec![(message, DeathReason::Maxlen)]);
+                        out.dead.push((message, DeathReason::Maxlen));
+                        self.gone(&mut out, stored);
+                        self.finish(out);
                         return Enqueued::Rejected;
                     }
                 }
             }
-            let ttl = match (self.args.message_ttl, message.expiration()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let expires_at = self.ttl(&message).map(|t| now + t);
             let seq = st.next_seq;
             st.next_seq += 1;
             st.stats.published += 1;
@@ -528,17 +565,69 @@ impl Queue {
                 message,
                 seq,
                 redelivered: false,
-                expires_at: ttl.map(|t| now + t),
+                expires_at,
+                stored,
             });
-            self.enforce_limits(&mut st, &mut dead);
+            self.enforce_limits(&mut st, &mut out);
             // Deliver before expiring: with a TTL of 0 a message still
             // reaches a consumer that can take it right now (RabbitMQ).
-            self.deliver_ready(&mut st, now, &mut dead);
-            self.expire_head(&mut st, now, &mut dead);
+            self.deliver_ready(&mut st, now, &mut out);
+            self.expire_head(&mut st, now, &mut out);
             Enqueued::Accepted
         };
-        self.dead_letter(dead);
+        self.finish(out);
         result
+    }
+
+    /// The TTL a message gets in this queue: the queue's or its own,
+    /// whichever is shorter.
+    fn ttl(&self, message: &Message) -> Option<Duration> {
+        match (self.args.message_ttl, message.expiration()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Put back messages recovered from the store at startup, in the order
+    /// given (publish order). TTLs count from the original publish time;
+    /// length limits apply.
+    pub fn restore(self: &Arc<Self>, messages: Vec<Recovered>) {
+        let now = self.clock.now();
+        let now_ms = crate::persistence::unix_millis_now();
+        let mut out = Out::default();
+        {
+            let mut st = self.state.lock();
+            for r in messages {
+                let expires_at = self
+                    .ttl(&r.message)
+                    .map(|t| now + crate::persistence::remaining(t, r.published_at_ms, now_ms));
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                st.ready.push_back(Entry {
+                    message: Arc::new(r.message),
+                    seq,
+                    redelivered: r.redelivered,
+                    expires_at,
+                    stored: Some(r.id).filter(|_| self.store.is_some()),
+                });
+            }
+            self.enforce_limits(&mut st, &mut out);
+            self.dispatch(&mut st, now, &mut out);
+        }
+        self.finish(out);
+    }
+
+    /// Store ids of the ready messages marked redelivered: what a clean
+    /// shutdown records so that the next start marks exactly those.
+    pub fn redelivered_ids(&self) -> Vec<u64> {
+        let st = self.state.lock();
+        st.ready
+            .levels
+            .iter()
+            .flatten()
+            .filter(|e| e.redelivered)
+            .filter_map(|e| e.stored)
+            .collect()
     }
 
     fn would_overflow(&self, st: &State, incoming: u64) -> bool {
@@ -551,7 +640,7 @@ impl Queue {
                 .is_some_and(|max| st.ready.bytes + incoming > max)
     }
 
-    fn enforce_limits(&self, st: &mut State, dead: &mut DeadLetters) {
+    fn enforce_limits(&self, st: &mut State, out: &mut Out) {
         loop {
             let over_len = self
                 .args
@@ -567,28 +656,30 @@ impl Queue {
             let Some(e) = st.ready.pop_front() else {
                 return;
             };
-            dead.push((e.message, DeathReason::Maxlen));
+            self.gone(out, e.stored);
+            out.dead.push((e.message, DeathReason::Maxlen));
         }
     }
 
     /// Drop expired messages at the head (RabbitMQ expires from the head only).
-    fn expire_head(&self, st: &mut State, now: Instant, dead: &mut DeadLetters) {
+    fn expire_head(&self, st: &mut State, now: Instant, out: &mut Out) {
         while let Some(e) = st.ready.front() {
             if e.expires_at.is_none_or(|t| t > now) {
                 return;
             }
             if let Some(e) = st.ready.pop_front() {
-                dead.push((e.message, DeathReason::Expired));
+                self.gone(out, e.stored);
+                out.dead.push((e.message, DeathReason::Expired));
             }
         }
     }
 
-    fn dispatch(self: &Arc<Self>, st: &mut State, now: Instant, dead: &mut DeadLetters) {
-        self.expire_head(st, now, dead);
-        self.deliver_ready(st, now, dead);
+    fn dispatch(self: &Arc<Self>, st: &mut State, now: Instant, out: &mut Out) {
+        self.expire_head(st, now, out);
+        self.deliver_ready(st, now, out);
     }
 
-    fn deliver_ready(self: &Arc<Self>, st: &mut State, now: Instant, dead: &mut DeadLetters) {
+    fn deliver_ready(self: &Arc<Self>, st: &mut State, now: Instant, out: &mut Out) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let Some(idx) = pick_consumer(&st.consumers, st.next_consumer) else {
                 return;
@@ -600,6 +691,9 @@ impl Queue {
             st.stats.delivered += 1;
             let c = &st.consumers[idx];
             let needs_ack = !c.no_ack;
+            if !needs_ack {
+                self.gone(out, e.stored);
+            }
             let delivery = Delivery {
                 queue: self.clone(),
                 consumer_tag: c.tag.clone(),
@@ -608,6 +702,7 @@ impl Queue {
                 redelivered: e.redelivered,
                 expires_at: e.expires_at,
                 needs_ack,
+                stored: e.stored.filter(|_| needs_ack),
             };
             c.sink.deliver(delivery);
             if needs_ack {
@@ -615,27 +710,27 @@ impl Queue {
             } else {
                 st.stats.acked += 1;
             }
-            self.expire_head(st, now, dead);
+            self.expire_head(st, now, out);
         }
     }
 
     /// Try to deliver again: a consumer regained credit.
     pub fn kick(self: &Arc<Self>) {
         let now = self.clock.now();
-        let mut dead = DeadLetters::new();
+        let mut out = Out::default();
         {
             let mut st = self.state.lock();
             if !st.deleted {
-                self.dispatch(&mut st, now, &mut dead);
+                self.dispatch(&mut st, now, &mut out);
             }
         }
-        self.dead_letter(dead);
+        self.finish(out);
     }
 
     /// Attach a consumer.
     pub fn add_consumer(self: &Arc<Self>, consumer: Consumer) -> Result<()> {
         let now = self.clock.now();
-        let mut dead = DeadLetters::new();
+        let mut out = Out::default();
         {
             let mut st = self.state.lock();
             if st.deleted {
@@ -656,9 +751,9 @@ impl Queue {
             st.consumers.insert(pos, consumer);
             st.ever_consumed = true;
             st.last_used = now;
-            self.dispatch(&mut st, now, &mut dead);
+            self.dispatch(&mut st, now, &mut out);
         }
-        self.dead_letter(dead);
+        self.finish(out);
         Ok(())
     }
 
@@ -688,16 +783,17 @@ impl Queue {
     /// Take one message (`basic.get`).
     pub fn get(&self, no_ack: bool) -> Option<Got> {
         let now = self.clock.now();
-        let mut dead = DeadLetters::new();
+        let mut out = Out::default();
         let got = {
             let mut st = self.state.lock();
             st.last_used = now;
-            self.expire_head(&mut st, now, &mut dead);
+            self.expire_head(&mut st, now, &mut out);
             let e = st.ready.pop_front();
             e.map(|e| {
                 st.stats.delivered += 1;
                 if no_ack {
                     st.stats.acked += 1;
+                    self.gone(&mut out, e.stored);
                 } else {
                     st.unacked += 1;
                 }
@@ -707,18 +803,28 @@ impl Queue {
                     redelivered: e.redelivered,
                     expires_at: e.expires_at,
                     remaining: st.ready.len() as u64,
+                    stored: e.stored.filter(|_| !no_ack),
                 }
             })
         };
-        self.dead_letter(dead);
+        self.finish(out);
         got
     }
 
-    /// Settle delivered messages as acknowledged.
-    pub fn ack(&self, count: u64) {
-        let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(count);
-        st.stats.acked += count;
+    /// Settle `count` delivered messages as acknowledged; `stored` are the
+    /// store ids of those that were stored (see [`Delivery::stored`]).
+    pub fn ack(&self, count: u64, stored: impl IntoIterator<Item = u64>) {
+        {
+            let mut st = self.state.lock();
+            st.unacked = st.unacked.saturating_sub(count);
+            st.stats.acked += count;
+        }
+        if let Some(s) = &self.store {
+            let pairs: Removed = stored.into_iter().map(|m| (s.id, m)).collect();
+            if !pairs.is_empty() {
+                s.store.remove(&pairs);
+            }
+        }
     }
 
     /// Put delivered messages back, in queue order, marked redelivered.
@@ -728,7 +834,7 @@ impl Queue {
         }
         returned.sort_by_key(|r| r.seq);
         let now = self.clock.now();
-        let mut dead = DeadLetters::new();
+        let mut out = Out::default();
         {
             let mut st = self.state.lock();
             st.unacked = st.unacked.saturating_sub(returned.len() as u64);
@@ -743,12 +849,13 @@ impl Queue {
                     seq: r.seq,
                     redelivered: true,
                     expires_at: r.expires_at,
+                    stored: r.stored,
                 });
             }
-            self.enforce_limits(&mut st, &mut dead);
-            self.dispatch(&mut st, now, &mut dead);
+            self.enforce_limits(&mut st, &mut out);
+            self.dispatch(&mut st, now, &mut out);
         }
-        self.dead_letter(dead);
+        self.finish(out);
     }
 
     /// Settle delivered messages as rejected without requeue: they are
@@ -758,38 +865,47 @@ impl Queue {
             let mut st = self.state.lock();
             st.unacked = st.unacked.saturating_sub(returned.len() as u64);
         }
-        self.dead_letter(
-            returned
-                .into_iter()
-                .map(|r| (r.message, DeathReason::Rejected))
-                .collect(),
-        );
+        let mut out = Out::default();
+        for r in returned {
+            self.gone(&mut out, r.stored);
+            out.dead.push((r.message, DeathReason::Rejected));
+        }
+        self.finish(out);
     }
 
     /// Drop every ready message; returns how many.
     pub fn purge(&self) -> u32 {
-        let mut st = self.state.lock();
-        st.ready.clear() as u32
+        let mut out = Out::default();
+        let n = {
+            let mut st = self.state.lock();
+            for e in st.ready.levels.iter().flatten() {
+                self.gone(&mut out, e.stored);
+            }
+            st.ready.clear() as u32
+        };
+        self.finish(out);
+        n
     }
 
     /// Periodic work: expire messages at the head even with no consumer,
     /// and report whether the queue has been unused past `x-expires`.
     pub fn tick(&self) -> bool {
         let now = self.clock.now();
-        let mut dead = DeadLetters::new();
+        let mut out = Out::default();
         let expired_queue = {
             let mut st = self.state.lock();
-            self.expire_head(&mut st, now, &mut dead);
+            self.expire_head(&mut st, now, &mut out);
             self.args
                 .expires
                 .is_some_and(|e| st.consumers.is_empty() && now.duration_since(st.last_used) >= e)
         };
-        self.dead_letter(dead);
+        self.finish(out);
         expired_queue
     }
 
     /// Mark deleted and detach consumers; returns the consumers to notify
-    /// and the number of ready messages dropped.
+    /// and the number of ready messages dropped. (The store drops the
+    /// queue's messages as a whole: see `VHost::finish_delete`.)
     pub(crate) fn mark_deleted(&self) -> (Vec<Consumer>, u32) {
         let mut st = self.state.lock();
         st.deleted = true;
@@ -800,6 +916,23 @@ impl Queue {
     /// Whether the queue was deleted.
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
+    }
+
+    /// Record that a message left the queue for good.
+    fn gone(&self, out: &mut Out, stored: Option<u64>) {
+        if let (Some(s), Some(m)) = (&self.store, stored) {
+            out.removed.push((s.id, m));
+        }
+    }
+
+    /// After the lock is released: republish dead letters, then tell the
+    /// store what left (in that order, so a crash between the two can
+    /// duplicate a dead-lettered message but not lose it).
+    fn finish(&self, out: Out) {
+        self.dead_letter(out.dead);
+        if let (Some(s), false) = (&self.store, out.removed.is_empty()) {
+            s.store.remove(&out.removed);
+        }
     }
 
     fn dead_letter(&self, dead: DeadLetters) {

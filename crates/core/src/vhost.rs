@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 use crate::error::{CoreError, Result};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 use crate::message::{Clock, Message};
+use crate::persistence::QueueStore;
 use crate::queue::{DeathReason, Enqueued, Queue, QueueArgs, QueueOptions};
 
 /// Prefix of the hidden per-channel queues behind direct reply-to.
@@ -36,9 +37,14 @@ pub type Routed = SmallVec<[Arc<Queue>; 4]>;
 pub struct PublishOutcome {
     /// How many queues took the message.
     pub routed: usize,
-    /// Some queue refused it (`x-overflow: reject-publish`): a confirming
-    /// publisher gets a nack.
+    /// Some queue refused it (`x-overflow: reject-publish`), or the store
+    /// failed: a confirming publisher gets a nack.
     pub rejected: bool,
+    /// The message store refused it (it was not enqueued anywhere).
+    pub store_failed: bool,
+    /// The message was stored: confirm it once the store's synced
+    /// position reaches this (0: nothing to wait for).
+    pub lsn: u64,
 }
 
 /// A virtual host.
@@ -50,6 +56,7 @@ pub struct VHost {
     retained: crate::retained::Retained,
     metrics: Arc<crate::metrics::Metrics>,
     definitions: std::sync::OnceLock<Arc<dyn crate::Definitions>>,
+    store: std::sync::OnceLock<Arc<dyn crate::MessageStore>>,
 }
 
 impl std::fmt::Debug for VHost {
@@ -85,6 +92,7 @@ impl VHost {
             retained: Default::default(),
             metrics,
             definitions: std::sync::OnceLock::new(),
+            store: std::sync::OnceLock::new(),
         })
     }
 
@@ -96,6 +104,17 @@ impl VHost {
     /// Report durable definition changes to `d` from now on (once).
     pub fn set_definitions(&self, d: Arc<dyn crate::Definitions>) {
         let _ = self.definitions.set(d);
+    }
+
+    /// Keep persistent messages of durable queues in `store` (once; queues
+    /// declared before keep theirs in memory only).
+    pub fn set_store(&self, store: Arc<dyn crate::MessageStore>) {
+        let _ = self.store.set(store);
+    }
+
+    /// The message store, if there is one.
+    pub fn store(&self) -> Option<&Arc<dyn crate::MessageStore>> {
+        self.store.get()
     }
 
     fn defs(&self) -> Option<&Arc<dyn crate::Definitions>> {
@@ -356,6 +375,22 @@ impl VHost {
             ShortStr::from(name)
         };
         let args = QueueArgs::parse(&options.arguments, &name, &self.name)?;
+        // A new durable queue's store id is found (a metadata write) before
+        // the vhost's lock is taken; the same name always gets the same id.
+        let store = match self.store.get() {
+            Some(s)
+                if options.durable
+                    && options.exclusive_owner.is_none()
+                    && !reserved
+                    && self.queue(&name).is_none() =>
+            {
+                s.queue_id(&self.name, &name).map(|id| QueueStore {
+                    store: s.clone(),
+                    id,
+                })
+            }
+            _ => None,
+        };
         let mut queues = self.queues.write();
         if let Some(q) = queues.get(&*name) {
             self.check_owner(q, conn)?;
@@ -405,6 +440,7 @@ impl VHost {
             options,
             args,
             self.clock.clone(),
+            store,
         ));
         queues.insert(name, q.clone());
         drop(queues);
@@ -428,6 +464,7 @@ impl VHost {
             options,
             QueueArgs::default(),
             self.clock.clone(),
+            None,
         ));
         self.queues.write().insert(name, q.clone());
         q
@@ -486,6 +523,9 @@ impl VHost {
             d.queue_deleted(&self.name, q.name());
         }
         let (consumers, dropped) = q.mark_deleted();
+        if let (Some(s), Some(id)) = (self.store.get(), q.store_id()) {
+            s.queue_deleted(&self.name, q.name(), id);
+        }
         for c in consumers {
             c.sink.cancelled(&c.tag);
         }
@@ -745,13 +785,41 @@ impl VHost {
     }
 
     /// Enqueue an already routed message.
+    ///
+    /// A persistent message that reached durable queues is stored once,
+    /// for all of them, before any queue sees it; its store position comes
+    /// back in [`PublishOutcome::lsn`]. If the store refuses it, no queue
+    /// gets it and the outcome says so (the publisher gets a nack).
     pub fn enqueue_all(&self, routed: &Routed, message: Arc<Message>) -> PublishOutcome {
         let mut outcome = PublishOutcome {
             routed: routed.len(),
-            rejected: false,
+            ..Default::default()
         };
+        let mut stored = None;
+        if let (Some(store), true) = (self.store.get(), message.is_persistent()) {
+            let ids: SmallVec<[u32; 4]> = routed.iter().filter_map(|q| q.store_id()).collect();
+            if !ids.is_empty() {
+                let record = crate::persistence::encode_record(
+                    &message,
+                    crate::persistence::unix_millis_now(),
+                );
+                match store.append(&ids, record) {
+                    Ok(s) => {
+                        stored = Some(s.id);
+                        outcome.lsn = s.lsn;
+                    }
+                    Err(e) => {
+                        tracing::error!(message = "Persistent message refused by the store.", error = %e);
+                        outcome.rejected = true;
+                        outcome.store_failed = true;
+                        outcome.routed = 0;
+                        return outcome;
+                    }
+                }
+            }
+        }
         for q in routed {
-            if q.enqueue(message.clone()) == Enqueued::Rejected {
+            if q.enqueue(message.clone(), stored) == Enqueued::Rejected {
                 outcome.rejected = true;
             }
         }
@@ -975,7 +1043,7 @@ mod tests {
             let got: Vec<Delivery> = self.got.lock().drain(..).collect();
             for d in &got {
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                d.queue.ack(1);
+                d.ack();
             }
             if let Some(d) = got.first() {
                 d.queue.kick();
@@ -1056,11 +1124,13 @@ mod tests {
                 message: second.message.clone(),
                 seq: second.seq,
                 expires_at: None,
+                stored: None,
             },
             Returned {
                 message: first.message.clone(),
                 seq: first.seq,
                 expires_at: None,
+                stored: None,
             },
         ]);
         let order: Vec<(String, bool)> = std::iter::from_fn(|| q.get(true))
@@ -1340,6 +1410,7 @@ mod tests {
             message: high.message,
             seq: high.seq,
             expires_at: None,
+            stored: None,
         }]);
         let order: Vec<String> = std::iter::from_fn(|| q.get(true))
             .map(|g| String::from_utf8_lossy(&g.message.body).into_owned())

@@ -5,7 +5,7 @@
 //! ([`MqttConnection::poll_transmit`]) with the next deadline
 //! ([`MqttConnection::poll_timeout`]). No socket, no clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -131,6 +131,12 @@ pub struct MqttConnection {
     problem_info: bool,
     may_publish: Option<bool>,
     close_reason: Option<String>,
+    /// PUBACK/PUBREC held until the store has the message on disk, with
+    /// the store position each waits for; in the order the PUBLISHes came
+    /// (MQTT 4.6: acknowledgements go out in that order).
+    held_acks: VecDeque<(u64, Packet)>,
+    /// The store position this connection asked to be woken at.
+    sync_wait: u64,
 }
 
 struct WakerBox(Arc<dyn Wake>);
@@ -204,6 +210,8 @@ impl MqttConnection {
             problem_info: true,
             may_publish: None,
             close_reason: None,
+            held_acks: VecDeque::new(),
+            sync_wait: 0,
             ctx,
         }
     }
@@ -356,6 +364,7 @@ impl MqttConnection {
             self.disconnect_with(kicked, "another connection took over the session", now);
         }
         self.drain_outbox(now);
+        self.release_acks();
         if self.out.is_empty() {
             return false;
         }
@@ -825,6 +834,7 @@ impl MqttConnection {
                 .check(&self.user, &vhost, Access::Write, MQTT_EXCHANGE)
         });
         let mut reason = 0u8;
+        let mut lsn = 0;
         if !allowed {
             if !v5 && p.qos == QoS::AtMostOnce {
                 return Err(Fatal(0x87, "not authorised to publish".into()));
@@ -851,9 +861,20 @@ impl MqttConnection {
                 vhost.retained().set(&topic, keep);
             }
             match vhost.publish(MQTT_EXCHANGE, msg) {
+                Ok(o) if o.store_failed => {
+                    // Never acknowledge what is not stored: 5.0 clients get
+                    // 0x80; 3.1.1 has no negative acknowledgement.
+                    if !v5 {
+                        return Err(Fatal(0x80, "the message store failed".into()));
+                    }
+                    reason = 0x80;
+                }
                 Ok(o) if o.routed == 0 && v5 => reason = 0x10,
-                Ok(o) if o.rejected && v5 => reason = 0x97,
-                Ok(_) => {}
+                Ok(o) if o.rejected && v5 => {
+                    lsn = o.lsn;
+                    reason = 0x97
+                }
+                Ok(o) => lsn = o.lsn,
                 Err(e) => {
                     if v5 {
                         reason = 0x80;
@@ -869,15 +890,57 @@ impl MqttConnection {
         };
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(Packet::PubAck(ack)),
+            QoS::AtLeastOnce => self.send_ack(lsn, Packet::PubAck(ack)),
             QoS::ExactlyOnce => {
                 if reason >= 0x80 {
                     self.session_mut(|s| s.incoming_qos2.remove(&p.packet_id));
                 }
-                self.send(Packet::PubRec(ack))
+                self.send_ack(lsn, Packet::PubRec(ack))
             }
         }
         Ok(())
+    }
+
+    /// Send a PUBACK/PUBREC now, or once the store has synced `lsn` (and
+    /// every acknowledgement held before it has gone).
+    fn send_ack(&mut self, lsn: u64, p: Packet) {
+        if self.held_acks.is_empty() && lsn <= self.synced() {
+            self.send(p);
+        } else {
+            self.held_acks.push_back((lsn, p));
+            self.release_acks();
+        }
+    }
+
+    fn synced(&self) -> u64 {
+        self.vhost
+            .as_ref()
+            .and_then(|v| v.store())
+            .map_or(u64::MAX, |s| s.synced())
+    }
+
+    /// Send the held acknowledgements whose messages are on disk; ask the
+    /// store to wake the connection for the rest.
+    fn release_acks(&mut self) {
+        if self.held_acks.is_empty() {
+            return;
+        }
+        let synced = self.synced();
+        while let Some((lsn, _)) = self.held_acks.front() {
+            if *lsn > synced {
+                break;
+            }
+            if let Some((_, p)) = self.held_acks.pop_front() {
+                self.send(p);
+            }
+        }
+        let wait = self.held_acks.back().map_or(0, |(lsn, _)| *lsn);
+        if wait > self.sync_wait {
+            if let Some(store) = self.vhost.as_ref().and_then(|v| v.store()) {
+                self.sync_wait = wait;
+                store.wake_when_synced(wait, self.outbox.waker().clone());
+            }
+        }
     }
 
     // ---- publish out -----------------------------------------------------
@@ -936,7 +999,7 @@ impl MqttConnection {
         let own = d.message.origin == self.id;
         if !matched || (own && no_local_only) {
             c.release(1);
-            d.queue.ack(1);
+            d.ack();
             return;
         }
         let qos = qos.min(out.qos);
@@ -967,7 +1030,7 @@ impl MqttConnection {
         let settle_now = |source: Option<(liebre_core::Delivery, Arc<MqttConsumer>)>| {
             if let Some((d, c)) = source {
                 c.release(1);
-                d.queue.ack(1);
+                d.ack();
             }
         };
         // Outbound topic alias within the client's maximum.
@@ -1063,7 +1126,7 @@ impl MqttConnection {
                 // The message has reached the client: settle it in its queue
                 // now; the credit is held until PUBCOMP.
                 if let Some(d) = f.delivery.take() {
-                    d.queue.ack(1);
+                    d.ack();
                 }
                 true
             }
@@ -1097,7 +1160,7 @@ impl MqttConnection {
         };
         if let Some(f) = f {
             if let Some(d) = f.delivery {
-                d.queue.ack(1);
+                d.ack();
             }
             if let Some(c) = f.consumer {
                 c.release(1);

@@ -155,7 +155,7 @@ impl Session {
         for (_, f) in std::mem::take(&mut self.inflight) {
             if let (Some(d), Some(c)) = (f.delivery, f.consumer) {
                 c.release(1);
-                d.queue.ack(1);
+                d.ack();
             }
         }
         // By identity: a newer session of the same client may already own

@@ -72,6 +72,9 @@ pub struct ServerArgs {
     /// Refuse MQTT clients that send no username (otherwise they are `guest`, loopback only) [default: false].
     #[arg(long, env = "LIEBRE_MQTT_NO_ANONYMOUS")]
     pub mqtt_no_anonymous: bool,
+    /// When the message store fsyncs: `always` (every group commit, before any confirm or PUBACK) or `never` (UNSAFE: a machine crash loses confirmed messages; for benchmarks) [default: always].
+    #[arg(long, env = "LIEBRE_FSYNC", value_name = "POLICY")]
+    pub fsync: Option<String>,
 }
 
 /// The TOML file's shape; every key optional, unknown keys are an error.
@@ -108,6 +111,8 @@ pub struct FileConfig {
     pub mqtt_receive_maximum: Option<u16>,
     /// Queue messages of QoS 0 subscriptions for offline persistent sessions.
     pub mqtt_queue_qos0_messages: Option<bool>,
+    /// See `--fsync`.
+    pub fsync: Option<String>,
 }
 
 /// The documented example configuration, embedded so a test can check
@@ -147,6 +152,8 @@ pub struct Config {
     pub sys_interval: Duration,
     /// How long shutdown waits for clients to close.
     pub shutdown_grace: Duration,
+    /// When the message store fsyncs.
+    pub fsync: liebre_store::FsyncPolicy,
 }
 
 impl Default for Config {
@@ -162,6 +169,7 @@ impl Default for Config {
             loopback_users: vec!["guest".into()],
             sys_interval: liebre_mqtt::sys::DEFAULT_INTERVAL,
             shutdown_grace: Duration::from_secs(5),
+            fsync: liebre_store::FsyncPolicy::Always,
         }
     }
 }
@@ -236,6 +244,13 @@ impl Config {
         }
         if let Some(q) = file.mqtt_queue_qos0_messages {
             c.mqtt_limits.queue_qos0_offline = q;
+        }
+        if let Some(p) = args.fsync.clone().or(file.fsync) {
+            c.fsync = match p.as_str() {
+                "always" => liebre_store::FsyncPolicy::Always,
+                "never" => liebre_store::FsyncPolicy::Never,
+                other => anyhow::bail!("fsync must be 'always' or 'never', got '{other}'"),
+            };
         }
         if let Some(n) = file.mqtt_receive_maximum {
             anyhow::ensure!(n > 0, "mqtt_receive_maximum must be at least 1");

@@ -1,8 +1,8 @@
 //! Durable definitions kept in the store's metadata database, so a
 //! restart keeps durable exchanges, durable queues and the bindings
 //! between them, and the MQTT retained messages (written behind, every
-//! tick, in one transaction). Messages in queues are not kept yet: issue 4
-//! goes on.
+//! tick, in one transaction). Messages in queues are in the message log
+//! (`messages`).
 //!
 //! Values are JSON in the shape of RabbitMQ's `definitions.json` entries,
 //! so an export can later be produced from the table as it is.
@@ -28,13 +28,11 @@ pub struct StoredDefinitions {
 }
 
 impl StoredDefinitions {
-    /// Open (or create) `<data_dir>/meta.redb`.
-    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        let path = data_dir.join(liebre_store::META_FILE);
-        let meta = MetaStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self {
+    /// Keep definitions in `meta`.
+    pub fn new(meta: MetaStore) -> Self {
+        Self {
             meta: parking_lot::Mutex::new(Some(meta)),
-        })
+        }
     }
 
     /// Close the database; later changes are not stored (and say so).
@@ -42,7 +40,11 @@ impl StoredDefinitions {
         self.meta.lock().take();
     }
 
-    fn with_meta<T>(&self, f: impl FnOnce(&MetaStore) -> liebre_store::Result<T>) -> Option<T> {
+    /// Run `f` on the metadata store; failures are logged and give `None`.
+    pub(crate) fn with_meta<T>(
+        &self,
+        f: impl FnOnce(&MetaStore) -> liebre_store::Result<T>,
+    ) -> Option<T> {
         match self.meta.lock().as_ref().map(f) {
             Some(Ok(v)) => Some(v),
             Some(Err(e)) => {
@@ -349,12 +351,40 @@ fn value_from_json(v: &Value) -> FieldValue {
     }
 }
 
-/// Open the store and restore definitions, then report changes to it.
-pub fn attach(broker: &Arc<Broker>, data_dir: &Path) -> anyhow::Result<Arc<StoredDefinitions>> {
-    let defs = Arc::new(StoredDefinitions::open(data_dir)?);
-    defs.load_into(broker)?;
-    broker.set_definitions(defs.clone());
-    Ok(defs)
+/// The opened store, wired into a broker.
+#[derive(Debug)]
+pub struct Attached {
+    /// Definitions and retained messages.
+    pub definitions: Arc<StoredDefinitions>,
+    /// Persistent messages.
+    pub messages: Arc<crate::messages::StoredMessages>,
+}
+
+/// Open the store in `data_dir`, restore definitions and messages into
+/// `broker`, then report changes to the store.
+pub fn attach(
+    broker: &Arc<Broker>,
+    data_dir: &Path,
+    log: liebre_store::LogConfig,
+) -> anyhow::Result<Attached> {
+    let started = std::time::Instant::now();
+    let (store, recovered) = liebre_store::Store::open(data_dir, log)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let definitions = Arc::new(StoredDefinitions::new(store.meta));
+    let messages = crate::messages::StoredMessages::new(store.log, definitions.clone());
+    // The store first: restored durable queues get their store ids.
+    broker.set_store(messages.clone());
+    definitions.load_into(broker)?;
+    broker.set_definitions(definitions.clone());
+    messages.restore(broker, recovered)?;
+    info!(
+        message = "Store opened.",
+        elapsed_ms = started.elapsed().as_millis() as u64
+    );
+    Ok(Attached {
+        definitions,
+        messages,
+    })
 }
 
 #[cfg(test)]

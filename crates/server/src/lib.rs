@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`config`]: flags, environment and TOML file.
 //! - [`definitions`]: durable exchanges, queues and bindings in the store.
+//! - [`messages`]: persistent messages in the store's log, recovery.
 //! - `driver`: the one loop that runs a connection over TCP or WebSocket.
 //! - [`amqp`]: the AMQP listener.
 //! - [`mqtt`]: the MQTT listeners (TCP and WebSocket).
@@ -16,6 +17,7 @@ pub mod amqp;
 pub mod config;
 pub mod definitions;
 mod driver;
+pub mod messages;
 pub mod mqtt;
 
 use std::net::SocketAddr;
@@ -42,6 +44,7 @@ pub struct Server {
     mqtt_ws_addrs: Vec<SocketAddr>,
     mqtt: Arc<liebre_mqtt::MqttContext>,
     definitions: Arc<definitions::StoredDefinitions>,
+    messages: Arc<messages::StoredMessages>,
     token: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
@@ -53,8 +56,19 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let broker = Arc::new(Broker::default());
-        let definitions = definitions::attach(&broker, &config.data_dir)
-            .context("restoring durable definitions")?;
+        let log_config = liebre_store::LogConfig {
+            fsync: config.fsync,
+            ..Default::default()
+        };
+        let data_dir = config.data_dir.clone();
+        let b = broker.clone();
+        // Recovery reads every segment: off the runtime's threads.
+        let definitions::Attached {
+            definitions,
+            messages,
+        } = tokio::task::spawn_blocking(move || definitions::attach(&b, &data_dir, log_config))
+            .await
+            .context("restoring durable data")??;
         let auth = Arc::new(AuthStore::default());
         auth.set_loopback_users(config.loopback_users.clone());
         let token = CancellationToken::new();
@@ -133,6 +147,7 @@ impl Server {
             mqtt_ws_addrs,
             mqtt,
             definitions,
+            messages,
             token,
             tracker,
             grace: config.shutdown_grace,
@@ -185,8 +200,10 @@ impl Server {
         {
             tracing::warn!(message = "Some connections did not close within the grace period.");
         }
-        // Last retained changes, then release the metadata database (and
+        // Every acknowledgement on disk, what was delivered recorded; the
+        // last retained changes; then release the metadata database (and
         // its file lock) now, not when the last reference to the broker goes.
+        self.messages.close(&self.broker);
         self.definitions.flush_retained(&self.broker);
         self.definitions.close();
         info!(message = "Stopped.");

@@ -39,11 +39,14 @@ pub enum Table {
     Retained,
     /// MQTT persistent sessions, keyed by [`key`]`(vhost, client id)`.
     MqttSessions,
+    /// The broker's own records between runs (such as what a clean
+    /// shutdown left), keyed by name.
+    Runtime,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Vhosts,
         Table::Users,
         Table::Permissions,
@@ -53,6 +56,7 @@ impl Table {
         Table::Policies,
         Table::Retained,
         Table::MqttSessions,
+        Table::Runtime,
     ];
 
     /// The redb table's name.
@@ -67,6 +71,7 @@ impl Table {
             Table::Policies => "policies",
             Table::Retained => "retained",
             Table::MqttSessions => "mqtt_sessions",
+            Table::Runtime => "runtime",
         }
     }
 

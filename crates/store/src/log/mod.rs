@@ -536,6 +536,13 @@ impl MessageLog {
         self.shutdown()
     }
 
+    /// [`MessageLog::close`] through a shared reference: for an owner that
+    /// others may still hold (their later calls fail with
+    /// [`StoreError::Closed`]).
+    pub fn stop(&self) -> Result<()> {
+        self.shutdown()
+    }
+
     fn shutdown(&self) -> Result<()> {
         // Dropping the sender lets the writer drain the channel and stop.
         drop(self.sender.lock().tx.take());
