@@ -508,7 +508,12 @@ impl MqttConnection {
                         ));
                     }
                     let cap = self.ctx.config.max_session_expiry;
-                    self.session_mut(|s| s.expiry = Duration::from_secs(u64::from(exp)).min(cap));
+                    let sessions = &self.ctx.sessions;
+                    if let Some(session) = &self.session {
+                        let mut s = session.lock();
+                        s.expiry = Duration::from_secs(u64::from(exp)).min(cap);
+                        sessions.persist(&mut s);
+                    }
                 }
                 if d.reason != 0x04 {
                     self.will = None; // normal disconnect: no will
@@ -678,6 +683,7 @@ impl MqttConnection {
             s.expiry = expiry;
             // Reconnecting in time cancels a delayed will.
             s.pending_will = None;
+            self.ctx.sessions.persist(&mut s);
         }
         self.vhost = Some(vhost);
         self.session = Some(attached.session.clone());
@@ -1249,6 +1255,7 @@ impl MqttConnection {
                         share: share.clone(),
                     },
                 );
+                self.ctx.sessions.persist(&mut s);
                 existed
             };
             codes.push(granted as u8);
@@ -1295,10 +1302,12 @@ impl MqttConnection {
             };
             let removed = {
                 let mut s = session.lock();
-                match s.subscriptions.get(&filter) {
+                let removed = match s.subscriptions.get(&filter) {
                     Some(sub) if sub.share == share => s.subscriptions.remove(&filter),
                     _ => None,
-                }
+                };
+                self.ctx.sessions.persist(&mut s);
+                removed
             };
             match removed {
                 Some(sub) => {

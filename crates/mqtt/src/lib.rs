@@ -21,4 +21,4 @@ pub mod session;
 pub mod sys;
 
 pub use connection::{MqttConfig, MqttConnection, MqttContext};
-pub use session::Sessions;
+pub use session::{SessionSnapshot, SessionStore, Sessions};

@@ -96,9 +96,25 @@ pub struct Session {
     /// Destroyed (clean start by a newer connection, or expired): a
     /// connection still holding it must leave it alone.
     pub ended: bool,
+    /// The last [`SessionSnapshot`] given to the [`SessionStore`], so that
+    /// only changes are written.
+    saved: Option<SessionSnapshot>,
 }
 
 impl Session {
+    /// What a [`SessionStore`] keeps of this session.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        SessionSnapshot {
+            client_id: self.client_id.clone(),
+            expiry: self.expiry,
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), s.clone()))
+                .collect(),
+        }
+    }
+
     /// A packet identifier not in use by an in-flight message.
     pub fn next_packet_id(&mut self) -> Option<u16> {
         for _ in 0..=u16::MAX {
@@ -192,10 +208,34 @@ impl ConnectionHandle {
 /// (vhost, client id).
 type SessionKey = (String, String);
 
+/// The part of a persistent session (Session Expiry Interval above zero)
+/// that survives a restart of the broker. Its queue and the queue's
+/// bindings and messages are durable in the core already; in-flight
+/// messages come back from the queue as redeliveries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionSnapshot {
+    /// Client identifier.
+    pub client_id: String,
+    /// Session Expiry Interval (it counts again from the restart).
+    pub expiry: Duration,
+    /// Subscriptions by topic filter.
+    pub subscriptions: Vec<(String, Subscription)>,
+}
+
+/// Where persistent sessions are kept. Called with the session's lock
+/// held (writes are rare: CONNECT, SUBSCRIBE, UNSUBSCRIBE, the end).
+pub trait SessionStore: Send + Sync + std::fmt::Debug {
+    /// Keep (or replace) the session of `snapshot.client_id` in `vhost`.
+    fn save(&self, vhost: &str, snapshot: &SessionSnapshot);
+    /// Forget the session of `client_id` in `vhost`.
+    fn delete(&self, vhost: &str, client_id: &str);
+}
+
 /// Every MQTT session of the broker.
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: Mutex<HashMap<SessionKey, Arc<Mutex<Session>>>>,
+    store: std::sync::OnceLock<Arc<dyn SessionStore>>,
 }
 
 /// The outcome of looking a session up at CONNECT.
@@ -207,6 +247,82 @@ pub struct Attached {
 }
 
 impl Sessions {
+    /// Keep persistent sessions in `store` from now on (set once, after
+    /// [`Sessions::restore`]).
+    pub fn set_store(&self, store: Arc<dyn SessionStore>) {
+        let _ = self.store.set(store);
+    }
+
+    /// Write `s` to the store if it is persistent and changed; forget it
+    /// there if it is no longer persistent.
+    pub fn persist(&self, s: &mut Session) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        if s.ended || s.expiry.is_zero() {
+            if s.saved.take().is_some() {
+                store.delete(s.vhost.name(), &s.client_id);
+            }
+            return;
+        }
+        let snap = s.snapshot();
+        if s.saved.as_ref() != Some(&snap) {
+            store.save(s.vhost.name(), &snap);
+            s.saved = Some(snap);
+        }
+    }
+
+    /// End a session: [`Session::destroy`], and forget it in the store.
+    fn end(&self, s: &mut Session) {
+        s.destroy();
+        self.persist(s);
+    }
+
+    /// Bring back a persistent session kept by the store, at startup: it is
+    /// offline, and expires `expiry` after `now` unless a client resumes it.
+    pub fn restore(
+        &self,
+        vhost: &Arc<liebre_core::VHost>,
+        snapshot: SessionSnapshot,
+        now: Instant,
+        queue_qos0: bool,
+        max_queued: u32,
+    ) -> Result<(), liebre_core::CoreError> {
+        let name = Session::queue_name(&snapshot.client_id);
+        let queue = match vhost.queue(&name) {
+            Some(q) => q,
+            None => vhost.declare_queue(
+                &name,
+                crate::connection::queue_options(true, max_queued),
+                false,
+                0,
+            )?,
+        };
+        let session = Session {
+            client_id: snapshot.client_id.clone(),
+            vhost: vhost.clone(),
+            queue,
+            subscriptions: snapshot.subscriptions.iter().cloned().collect(),
+            inflight: BTreeMap::new(),
+            incoming_qos2: HashSet::new(),
+            next_packet_id: 0,
+            expiry: snapshot.expiry,
+            disconnected_at: Some(now),
+            connection: None,
+            pending_will: None,
+            ended: false,
+            saved: Some(snapshot),
+        };
+        // Bindings of the session queue are durable and came back with it;
+        // those of QoS 0 subscriptions wait for the client.
+        if !queue_qos0 {
+            session.park_qos0();
+        }
+        let key = (vhost.name().to_owned(), session.client_id.clone());
+        self.map.lock().insert(key, Arc::new(Mutex::new(session)));
+        Ok(())
+    }
+
     /// Find or create the session of `client_id` for a new connection,
     /// taking it over from any connection that holds it.
     pub fn attach(
@@ -235,7 +351,7 @@ impl Sessions {
                     present: true,
                 });
             }
-            s.destroy();
+            self.end(&mut s);
             drop(s);
             map.remove(&key);
         }
@@ -262,6 +378,7 @@ impl Sessions {
             connection: Some(handle),
             pending_will: None,
             ended: false,
+            saved: None,
         }));
         map.insert(key, session.clone());
         Ok(Attached {
@@ -293,7 +410,7 @@ impl Sessions {
             if let Some(w) = s.pending_will.take() {
                 publish_will(&s.vhost, w);
             }
-            s.destroy();
+            self.end(&mut s);
             let key = (s.vhost.name().to_owned(), s.client_id.clone());
             drop(s);
             if map.get(&key).is_some_and(|x| Arc::ptr_eq(x, session)) {
@@ -318,7 +435,7 @@ impl Sessions {
                 }
             }
             if expired {
-                s.destroy();
+                self.end(&mut s);
                 return false;
             }
             true

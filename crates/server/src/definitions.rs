@@ -254,6 +254,99 @@ impl liebre_core::Definitions for StoredDefinitions {
     }
 }
 
+impl liebre_mqtt::SessionStore for StoredDefinitions {
+    fn save(&self, vhost: &str, snap: &liebre_mqtt::SessionSnapshot) {
+        let subs: Vec<Value> = snap
+            .subscriptions
+            .iter()
+            .map(|(filter, s)| {
+                json!({
+                    "filter": filter,
+                    "qos": s.options.qos as u8,
+                    "no_local": s.options.no_local,
+                    "retain_as_published": s.options.retain_as_published,
+                    "retain_handling": s.options.retain_handling,
+                    "identifier": s.identifier,
+                    "share": s.share,
+                })
+            })
+            .collect();
+        let v = json!({
+            "vhost": vhost,
+            "client_id": snap.client_id,
+            "expiry_secs": snap.expiry.as_secs(),
+            "subscriptions": subs,
+        });
+        self.put(Table::MqttSessions, &key(vhost, &snap.client_id), &v);
+    }
+
+    fn delete(&self, vhost: &str, client_id: &str) {
+        self.delete(Table::MqttSessions, &key(vhost, client_id));
+    }
+}
+
+impl StoredDefinitions {
+    /// Bring back the persistent MQTT sessions (after definitions and
+    /// messages, so their queues are back), then keep sessions here.
+    pub fn load_sessions(
+        self: &Arc<Self>,
+        broker: &Broker,
+        mqtt: &liebre_mqtt::MqttContext,
+    ) -> anyhow::Result<()> {
+        use liebre_mqtt_codec::{QoS, SubscriptionOptions};
+        let now = broker.clock().now();
+        let mut restored = 0;
+        for (k, v) in self.scan(Table::MqttSessions)? {
+            let d: Value = serde_json::from_slice(&v).with_context(|| format!("session {k}"))?;
+            let subscriptions = d["subscriptions"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|s| {
+                    let qos = match s["qos"].as_u64()? {
+                        0 => QoS::AtMostOnce,
+                        1 => QoS::AtLeastOnce,
+                        _ => QoS::ExactlyOnce,
+                    };
+                    let sub = liebre_mqtt::session::Subscription {
+                        options: SubscriptionOptions {
+                            qos,
+                            no_local: s["no_local"].as_bool().unwrap_or(false),
+                            retain_as_published: s["retain_as_published"]
+                                .as_bool()
+                                .unwrap_or(false),
+                            retain_handling: s["retain_handling"].as_u64().unwrap_or(0) as u8,
+                        },
+                        identifier: s["identifier"].as_u64().map(|n| n as u32),
+                        share: s["share"].as_str().map(str::to_owned),
+                    };
+                    Some((s["filter"].as_str()?.to_owned(), sub))
+                })
+                .collect();
+            let snap = liebre_mqtt::SessionSnapshot {
+                client_id: str_of(&d, "client_id").to_owned(),
+                expiry: std::time::Duration::from_secs(d["expiry_secs"].as_u64().unwrap_or(0)),
+                subscriptions,
+            };
+            let vhost = broker.add_vhost(str_of(&d, "vhost"));
+            match mqtt.sessions.restore(
+                &vhost,
+                snap,
+                now,
+                mqtt.config.queue_qos0_offline,
+                mqtt.config.max_queued_messages,
+            ) {
+                Ok(()) => restored += 1,
+                Err(e) => error!(message = "Stored MQTT session not restored.", key = %k, %e),
+            }
+        }
+        mqtt.sessions.set_store(self.clone());
+        info!(message = "MQTT sessions restored.", sessions = restored);
+        Ok(())
+    }
+}
+
 /// A message as stored: exchange and routing key (u8 length each), the
 /// properties as on the wire (u32 length), then the body.
 fn encode_message(m: &liebre_core::Message) -> Vec<u8> {

@@ -100,6 +100,9 @@ impl Server {
             sessions: Default::default(),
             config: config.mqtt_limits.clone(),
         });
+        definitions
+            .load_sessions(&broker, &mqtt)
+            .context("restoring MQTT sessions")?;
         let mut mqtt_addrs = Vec::new();
         for l in bind_all(&config.mqtt)
             .await
