@@ -24,7 +24,10 @@ pub enum StoreError {
         source: io::Error,
     },
     /// A record or segment header that is neither valid nor a torn tail of
-    /// the last segment, found under [`crate::Recovery::Strict`].
+    /// the last segment, found by recovery under
+    /// [`crate::Recovery::Strict`]; or a record that [`crate::MessageLog::read`]
+    /// found damaged (its checksum does not verify, or it is not the
+    /// message the index says is there).
     #[error("corrupt message log: {} at offset {offset}: {reason}", segment.display())]
     Corrupt {
         /// The segment file.

@@ -295,10 +295,10 @@ impl<'f> SegmentReader<'f> {
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
-        if self.buf.len() < need {
-            self.buf.resize(need.max(self.chunk), 0);
-        } else if self.buf.len() < self.chunk {
-            self.buf.resize(self.chunk, 0);
+        // Read `chunk` bytes at a time, more only for a larger record.
+        let target = need.max(self.chunk);
+        if self.buf.len() < target {
+            self.buf.resize(target, 0);
         }
         while self.end < need {
             let at = self.offset + self.end as u64;
@@ -306,8 +306,8 @@ impl<'f> SegmentReader<'f> {
                 return Ok(false);
             }
             // Never read past the length recovery decided on.
-            let room = (self.buf.len() - self.end)
-                .min(usize::try_from(self.len - at).unwrap_or(usize::MAX));
+            let room =
+                (target - self.end).min(usize::try_from(self.len - at).unwrap_or(usize::MAX));
             match self
                 .file
                 .read_at(at, &mut self.buf[self.end..self.end + room])
@@ -319,6 +319,29 @@ impl<'f> SegmentReader<'f> {
             }
         }
         Ok(true)
+    }
+
+    /// Moves to `offset`, where the next record is read from. Bytes
+    /// already buffered are kept when `offset` lies within them (a forward
+    /// skip costs no read); otherwise the buffer is emptied.
+    pub(crate) fn seek(&mut self, offset: u64) {
+        let buffered = (self.end - self.start) as u64;
+        match offset.checked_sub(self.offset) {
+            Some(skip) if skip <= buffered => {
+                // `skip` fits: it is at most the buffered length.
+                self.start += skip as usize;
+            }
+            _ => {
+                self.start = 0;
+                self.end = 0;
+            }
+        }
+        self.offset = offset;
+    }
+
+    /// Sets how many bytes each read of the file asks for (at least 64).
+    pub(crate) fn set_chunk(&mut self, chunk: usize) {
+        self.chunk = chunk.max(64);
     }
 
     /// The next record, the end, or the first bad bytes.
@@ -509,6 +532,68 @@ mod tests {
             assert_eq!(got, &body[..]);
         }
         assert_eq!(reader.next().expect("io"), Next::End);
+    }
+
+    /// Seeking forward inside the buffer reads nothing more; seeking
+    /// elsewhere refills it; a chunk bounds each read.
+    #[test]
+    fn reader_seeks_to_record_offsets() {
+        #[derive(Debug)]
+        struct Counting(Box<dyn BackendFile>, std::cell::Cell<usize>);
+        impl BackendFile for Counting {
+            fn len(&self) -> io::Result<u64> {
+                self.0.len()
+            }
+            fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+                self.1.set(self.1.get() + 1);
+                self.0.read_at(offset, buf)
+            }
+            fn write_all_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+                self.0.write_all_at(offset, data)
+            }
+            fn set_len(&mut self, len: u64) -> io::Result<()> {
+                self.0.set_len(len)
+            }
+            fn sync_data(&mut self) -> io::Result<()> {
+                self.0.sync_data()
+            }
+        }
+        let backend = MemoryBackend::new();
+        backend.create_dir_all(Path::new("/d")).expect("dir");
+        let mut file = backend.open(Path::new("/d/f"), true).expect("open");
+        let mut bytes = Vec::new();
+        let mut offsets = Vec::new();
+        for i in 0..100u64 {
+            offsets.push(bytes.len() as u64);
+            encode_message(&mut bytes, i, &[1], &[i as u8; 20]);
+        }
+        file.write_all_at(0, &bytes).expect("write");
+        let file = Counting(file, std::cell::Cell::new(0));
+        let id_at = |reader: &mut SegmentReader<'_>, offset: u64| {
+            reader.seek(offset);
+            let Next::Record { kind, payload, .. } = reader.next().expect("io") else {
+                panic!("no record at {offset}")
+            };
+            let Ok(Record::Message { id, .. }) = parse_record(kind, payload) else {
+                panic!("not a message")
+            };
+            id
+        };
+        let mut reader = SegmentReader::new(&file, bytes.len() as u64, offsets[3], 4096);
+        assert_eq!(id_at(&mut reader, offsets[3]), 3);
+        assert_eq!(file.1.get(), 1);
+        // Forward within the buffer: no read.
+        assert_eq!(id_at(&mut reader, offsets[10]), 10);
+        assert_eq!(id_at(&mut reader, offsets[50]), 50);
+        assert_eq!(file.1.get(), 1);
+        // Backwards: a new read.
+        assert_eq!(id_at(&mut reader, offsets[0]), 0);
+        assert_eq!(file.1.get(), 2);
+        // A small chunk: one read per record past the 4096 bytes buffered.
+        reader.set_chunk(64);
+        assert_eq!(id_at(&mut reader, offsets[95]), 95);
+        assert_eq!(id_at(&mut reader, offsets[99]), 99);
+        assert_eq!(file.1.get(), 4);
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! what survives a crash. The byte layout is in `docs/store-format.md`.
 //!
 //! # Layout
-//! - [`log`]: [`MessageLog`]: append, ack, group commit, recovery,
-//!   reclamation.
+//! - [`log`]: [`MessageLog`]: append, ack, group commit, reading bodies
+//!   back, recovery, reclamation.
 //! - [`meta`]: [`MetaStore`]: tables of opaque values, queue ids.
 //! - [`backend`]: the I/O seam and its three implementations.
 //! - `format`: segment and record encoding, the streaming segment reader.
@@ -34,11 +34,16 @@
 //! let m = log.append(&[1, 2], Bytes::from_static(b"hello"))?;
 //! log.wait_synced(m.lsn)?; // now the publisher may be confirmed
 //! log.ack(&[(1, m.id)])?;
+//! // A body dropped from memory is read back from the log.
+//! assert_eq!(log.read(&[m.id])?, vec![(m.id, Bytes::from_static(b"hello"))]);
 //! log.close()?;
 //!
-//! let (_log, recovered) = MessageLog::open(backend, "/msgs", LogConfig::default())?;
-//! assert_eq!(recovered.queues[&2], vec![(m.id, Bytes::from_static(b"hello"))]);
+//! let (log, recovered) = MessageLog::open(backend, "/msgs", LogConfig::default())?;
+//! assert_eq!(recovered.queues[&2], vec![(m.id, Some(Bytes::from_static(b"hello")))]);
 //! assert!(!recovered.queues.contains_key(&1));
+//! log.ack(&[(2, m.id)])?;
+//! log.sync()?;
+//! assert!(log.read(&[m.id])?.is_empty(), "acked by every queue");
 //! # Ok::<(), liebre_store::StoreError>(())
 //! ```
 

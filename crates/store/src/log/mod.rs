@@ -24,14 +24,27 @@
 //! a failed fsync the kernel may have dropped the dirty pages; retrying
 //! would report data as durable that is not.)
 //!
+//! # Reading bodies back
+//!
+//! [`MessageLog::read`] returns the bodies of live messages from the
+//! segment files, so that the broker need not keep every body of a long
+//! queue in memory. The index knows the segment and offset of every live
+//! message's record; the reader goes straight there, through a small cache
+//! of open read handles. On open, [`LogConfig::recovered_bodies_per_queue`]
+//! bounds how many bodies per queue recovery returns; the others are read
+//! later the same way.
+//!
 //! # Layout
 //! - `mod.rs` (here): configuration, the public handle [`MessageLog`].
-//! - `index`: live messages, per-segment counts, the reclamation rule.
+//! - `index`: live messages and where their records are, per-segment
+//!   counts, the reclamation rule.
+//! - `read`: reading records back at known offsets; the handle cache.
 //! - `recovery`: scanning the segments on open.
 //! - `writer`: the writer thread (batching, rolling segments, fsync,
 //!   reclamation).
 
 mod index;
+mod read;
 mod recovery;
 mod writer;
 
@@ -47,8 +60,11 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use self::index::Index;
+use self::read::Handles;
 use crate::backend::Backend;
 use crate::error::{Result, StoreError};
+use crate::format::segment_path;
 
 /// The segment format version this build writes.
 pub const FORMAT_VERSION: u32 = crate::format::VERSION;
@@ -121,8 +137,15 @@ pub struct LogConfig {
     /// (default 512 MiB, the largest message RabbitMQ can be set to accept).
     pub max_message_size: usize,
     /// Size of the buffer segments are read through on recovery (default
-    /// 1 MiB).
+    /// 1 MiB). [`MessageLog::read`] reads at most 64 KiB at a time, or
+    /// this if smaller (a larger record is read whole).
     pub read_buffer: usize,
+    /// How many messages of each queue, the first in id order, recovery
+    /// returns with their body (default `usize::MAX`: all of them). The
+    /// others come back as ids only, their bodies to be fetched with
+    /// [`MessageLog::read`] when needed; recovery then holds no more
+    /// bodies in memory than this many per queue.
+    pub recovered_bodies_per_queue: usize,
 }
 
 impl Default for LogConfig {
@@ -135,6 +158,7 @@ impl Default for LogConfig {
             max_batch_bytes: 4 * 1024 * 1024,
             max_message_size: 512 * 1024 * 1024,
             read_buffer: 1024 * 1024,
+            recovered_bodies_per_queue: usize::MAX,
         }
     }
 }
@@ -156,7 +180,13 @@ pub struct Recovered {
     /// order, as `(message id, the bytes given to append)`. A message routed
     /// to several queues appears under each that has not acknowledged it,
     /// sharing one buffer.
-    pub queues: BTreeMap<u32, Vec<(u64, Bytes)>>,
+    ///
+    /// The body is `Some` for the first
+    /// [`LogConfig::recovered_bodies_per_queue`] messages of each queue and
+    /// `None` for the rest (never `None` with the default setting): read
+    /// those with [`MessageLog::read`]. A message routed to several queues
+    /// may have its body under one queue and not under another.
+    pub queues: BTreeMap<u32, Vec<(u64, Option<Bytes>)>>,
     /// The id the next appended message gets.
     pub next_message_id: u64,
     /// What recovery found and did, for logs.
@@ -238,6 +268,16 @@ enum Cmd {
 
 /// State shared by the handle and the writer thread.
 struct Shared {
+    /// Live messages, where their records are, segments. Changed by the
+    /// writer only (never across I/O); read by [`MessageLog::read`].
+    index: RwLock<Index>,
+    /// Every message id below this one has been handed out by `append`.
+    assigned_below: AtomicU64,
+    /// Every message id below this one is written to its segment file (or
+    /// was never handed out); the writer notifies `synced_cv` when it moves.
+    written_below: AtomicU64,
+    /// Read handles of segment files, for [`MessageLog::read`].
+    handles: Mutex<Handles>,
     synced: AtomicU64,
     poison: Mutex<Option<Arc<io::Error>>>,
     stopped: AtomicBool,
@@ -281,7 +321,8 @@ struct Sender {
 }
 
 /// The message log. Cheap to share behind an `Arc`; every method takes
-/// `&self`.
+/// `&self`, and [`MessageLog::read`] may be called from any number of
+/// threads at once.
 ///
 /// Methods that write (`append`, `ack`, `drop_queue`) do not wait for the
 /// disk: they queue a command and return its [`Lsn`]. They block only when
@@ -291,8 +332,11 @@ pub struct MessageLog {
     shared: Arc<Shared>,
     sender: Mutex<Sender>,
     writer: Mutex<Option<JoinHandle<Result<()>>>>,
+    backend: Arc<dyn Backend>,
     dir: PathBuf,
     max_message_size: usize,
+    /// Most bytes one read of [`MessageLog::read`] asks for.
+    read_chunk: usize,
 }
 
 impl fmt::Debug for MessageLog {
@@ -316,9 +360,13 @@ impl MessageLog {
         config: LogConfig,
     ) -> Result<(Self, Recovered)> {
         let dir = dir.into();
-        let recovered = recovery::recover(backend.as_ref(), &dir, &config)?;
+        let mut recovered = recovery::recover(backend.as_ref(), &dir, &config)?;
         let next_id = recovered.next_id;
         let shared = Arc::new(Shared {
+            index: RwLock::new(std::mem::take(&mut recovered.index)),
+            assigned_below: AtomicU64::new(next_id),
+            written_below: AtomicU64::new(next_id),
+            handles: Mutex::new(Handles::default()),
             synced: AtomicU64::new(0),
             poison: Mutex::new(None),
             stopped: AtomicBool::new(false),
@@ -333,8 +381,14 @@ impl MessageLog {
         });
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
         let max_message_size = config.max_message_size;
-        let (mut writer, result) =
-            writer::Writer::new(backend, dir.clone(), config, recovered, shared.clone())?;
+        let read_chunk = read::READ_CHUNK.min(config.read_buffer);
+        let (mut writer, result) = writer::Writer::new(
+            backend.clone(),
+            dir.clone(),
+            config,
+            recovered,
+            shared.clone(),
+        )?;
         let handle = std::thread::Builder::new()
             .name("liebre-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -347,8 +401,10 @@ impl MessageLog {
                 next_lsn: 0,
             }),
             writer: Mutex::new(Some(handle)),
+            backend,
             dir,
             max_message_size,
+            read_chunk,
         };
         Ok((log, result))
     }
@@ -401,6 +457,9 @@ impl MessageLog {
         s.next_lsn = lsn;
         if with_id {
             s.next_id += 1;
+            self.shared
+                .assigned_below
+                .store(s.next_id, Ordering::Release);
         }
         Ok((id, Lsn(lsn)))
     }
@@ -461,6 +520,139 @@ impl MessageLog {
         Ok(self
             .submit(true, false, |_, lsn| Cmd::DropQueue { lsn, queue })?
             .1)
+    }
+
+    /// The bodies (the `body` given to [`MessageLog::append`]) of the live
+    /// messages among `ids`, as `(id, body)` in ascending id order. `ids`
+    /// may be in any order and hold duplicates. An id that is not live (acked
+    /// by every queue it was routed to, or never appended) is left out.
+    ///
+    /// A message is read from its segment file once the writer has written
+    /// it there (before its fsync): for a message appended a moment ago
+    /// this waits for its batch. Acks take effect here when the writer
+    /// takes them in, at the latest once their [`Lsn`] is synced; until
+    /// then an acked message may still be returned.
+    ///
+    /// Reading consecutive messages costs about one file read per 64 KiB of
+    /// them. Fails with [`StoreError::Poisoned`] once the log is poisoned,
+    /// [`StoreError::Closed`] if it has to wait for a writer that has
+    /// stopped, [`StoreError::Corrupt`] if a record's checksum does not
+    /// verify (no wrong data is ever returned), and [`StoreError::Io`] if
+    /// a read fails.
+    pub fn read(&self, ids: &[u64]) -> Result<Vec<(u64, Bytes)>> {
+        let shared = &self.shared;
+        if let Some(cause) = shared.poisoned() {
+            return Err(StoreError::Poisoned { cause });
+        }
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        // Ids not handed out yet are not live; the others may have to be
+        // written first.
+        let assigned = shared.assigned_below.load(Ordering::Acquire);
+        ids.truncate(ids.partition_point(|id| *id < assigned));
+        let Some(&last) = ids.last() else {
+            return Ok(Vec::new());
+        };
+        self.wait_written(last)?;
+
+        // (segment, offset, id) of each live one, and segment lengths.
+        let mut locs: Vec<(u64, u64, u64)> = Vec::with_capacity(ids.len());
+        let mut lens: Vec<(u64, u64)> = Vec::new();
+        {
+            let index = shared.index.read();
+            for &id in &ids {
+                if let Some((segment, offset)) = index.location(id) {
+                    locs.push((segment, offset, id));
+                }
+            }
+            locs.sort_unstable();
+            for &(segment, ..) in &locs {
+                if lens.last().is_none_or(|(s, _)| *s != segment) {
+                    lens.push((segment, index.segment_size(segment).unwrap_or(0)));
+                }
+            }
+        }
+
+        let mut out = Vec::with_capacity(locs.len());
+        let mut wanted: Vec<(u64, u64)> = Vec::new();
+        let mut rest = &locs[..];
+        for (segment, len) in lens {
+            let n = rest.partition_point(|l| l.0 == segment);
+            wanted.clear();
+            wanted.extend(rest[..n].iter().map(|&(_, offset, id)| (id, offset)));
+            rest = &rest[n..];
+            self.read_segment(segment, len, &wanted, &mut out)?;
+        }
+        out.sort_unstable_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    /// Reads records of one segment through a cached (or newly opened)
+    /// handle, which goes back to the cache afterwards.
+    fn read_segment(
+        &self,
+        segment: u64,
+        len: u64,
+        wanted: &[(u64, u64)],
+        out: &mut Vec<(u64, Bytes)>,
+    ) -> Result<()> {
+        let cached = self.shared.handles.lock().take(segment);
+        let file = match cached {
+            Some(file) => file,
+            None => {
+                let path = segment_path(&self.dir, segment);
+                match self.backend.open(&path, false) {
+                    Ok(file) => file,
+                    // Reclaimed since the lookup: its messages died since.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::NotFound
+                            && self.shared.index.read().segment_size(segment).is_none() =>
+                    {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(StoreError::io("open", path, e)),
+                }
+            }
+        };
+        read::read_segment(
+            file.as_ref(),
+            &self.dir,
+            segment,
+            len,
+            wanted,
+            self.read_chunk,
+            out,
+        )?;
+        // Only while the segment exists: the writer forgets a reclaimed
+        // segment's handles after removing it from the index.
+        let mut handles = self.shared.handles.lock();
+        if self.shared.index.read().segment_size(segment).is_some() {
+            handles.put(segment, file);
+        }
+        Ok(())
+    }
+
+    /// Blocks until message `id` (handed out already) is written to its
+    /// segment file.
+    fn wait_written(&self, id: u64) -> Result<()> {
+        let shared = &self.shared;
+        if shared.written_below.load(Ordering::Acquire) > id {
+            return Ok(());
+        }
+        let mut guard = shared.wake.lock();
+        loop {
+            if shared.written_below.load(Ordering::Acquire) > id {
+                return Ok(());
+            }
+            if let Some(cause) = shared.poisoned() {
+                return Err(StoreError::Poisoned { cause });
+            }
+            if shared.stopped.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            shared.synced_cv.wait(&mut guard);
+        }
     }
 
     /// Writes and fsyncs everything queued so far, whatever the
@@ -559,5 +751,38 @@ impl Drop for MessageLog {
         if let Err(error) = self.shutdown() {
             tracing::debug!(message = "Message log closed with an error.", %error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
+
+    /// Read handles of reclaimed segments are closed, not kept.
+    #[test]
+    fn reclaimed_segments_lose_their_read_handles() {
+        let config = LogConfig {
+            segment_size: 512,
+            ..LogConfig::default()
+        };
+        let (log, _) =
+            MessageLog::open(Arc::new(MemoryBackend::new()), "/msgs", config).expect("open");
+        let ids: Vec<u64> = (0..100u8)
+            .map(|i| {
+                log.append(&[1], Bytes::from(vec![i; 50]))
+                    .expect("append")
+                    .id
+            })
+            .collect();
+        assert_eq!(log.read(&ids).expect("read").len(), 100);
+        let cached = log.shared.handles.lock().len();
+        assert!(cached > 5, "{cached} handles cached");
+        let pairs: Vec<(u32, u64)> = ids.iter().map(|id| (1, *id)).collect();
+        log.ack(&pairs).expect("ack");
+        log.sync().expect("sync");
+        assert_eq!(log.stats().segments, 1);
+        assert!(log.shared.handles.lock().len() <= 1);
+        assert!(log.read(&ids).expect("read").is_empty());
     }
 }

@@ -1,6 +1,12 @@
-//! Recovery: scan every segment in order and rebuild the index.
+//! Recovery: scan every segment in order and rebuild the index, then read
+//! the bodies to return.
 //!
-//! - Segments are read front to back through a bounded buffer.
+//! - Segments are read front to back through a bounded buffer. This first
+//!   pass keeps no body: only, per live message, its queues and where its
+//!   record is.
+//! - A second pass reads the bodies of the first
+//!   `recovered_bodies_per_queue` live messages of each queue, straight
+//!   from their offsets (`read.rs`); the others are returned as ids.
 //! - A message record makes the message live for its queues; an ack record
 //!   removes (queue, message) pairs, and is ignored for messages not known
 //!   (their segment was reclaimed, so they were acked already).
@@ -19,6 +25,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::index::Index;
+use super::read::read_segment;
 use super::{LogConfig, Recovered, Recovery, RecoveryReport};
 use crate::backend::{read_exact_at, Backend, BackendFile};
 use crate::error::{Result, StoreError};
@@ -26,6 +33,9 @@ use crate::format::{
     decode_header, parse_record, parse_segment_name, segment_path, HeaderError, Next, Record,
     SegmentReader, HEADER_LEN,
 };
+
+/// What `Recovered::queues` holds.
+type Queues = BTreeMap<u32, Vec<(u64, Option<Bytes>)>>;
 
 /// The first message id of a new log.
 pub(crate) const FIRST_MESSAGE_ID: u64 = 1;
@@ -71,7 +81,6 @@ pub(crate) fn recover(
     }
 
     let mut index = Index::default();
-    let mut bodies: BTreeMap<u64, Bytes> = BTreeMap::new();
     let mut next_id = FIRST_MESSAGE_ID;
     let mut active = None;
     let last_left = numbers.last().copied();
@@ -143,12 +152,10 @@ pub(crate) fn recover(
             };
             match parse_record(kind, payload) {
                 Err(reason) => break Some((offset, reason)),
-                Ok(Record::Message { id, queues, body }) => {
+                Ok(Record::Message { id, queues, .. }) => {
                     report.records += 1;
                     next_id = next_id.max(id.saturating_add(1));
-                    if index.add_message(number, id, queues.to_vec()) {
-                        bodies.insert(id, Bytes::copy_from_slice(body));
-                    } else {
+                    if !index.add_message(number, offset, id, queues.to_vec()) {
                         tracing::warn!(message = "Ignoring a repeated message id.", id, path = %path.display());
                     }
                 }
@@ -157,9 +164,6 @@ pub(crate) fn recover(
                     for (queue, id) in pairs.iter() {
                         if let Some(acked) = index.ack(queue, id) {
                             index.add_ref(number, acked.segment);
-                            if acked.died {
-                                bodies.remove(&id);
-                            }
                         }
                     }
                 }
@@ -210,12 +214,13 @@ pub(crate) fn recover(
         }
     }
 
-    let mut queues: BTreeMap<u32, Vec<(u64, Bytes)>> = BTreeMap::new();
-    for (id, body) in bodies {
-        for queue in index.queues_of(id) {
-            queues.entry(queue).or_default().push((id, body.clone()));
-        }
-    }
+    let queues = recovered_queues(
+        backend,
+        dir,
+        &index,
+        config.recovered_bodies_per_queue,
+        config.read_buffer,
+    )?;
     Ok(RecoveredLog {
         index,
         active,
@@ -227,6 +232,68 @@ pub(crate) fn recover(
             report,
         },
     })
+}
+
+/// The second pass: every live message under each of its queues, in id
+/// order, with the body read back for the first `budget` of each queue.
+fn recovered_queues(
+    backend: &dyn Backend,
+    dir: &Path,
+    index: &Index,
+    budget: usize,
+    read_buffer: usize,
+) -> Result<Queues> {
+    let mut queues = Queues::new();
+    // (segment, offset, id) of the messages whose body is returned.
+    let mut wanted: Vec<(u64, u64, u64)> = Vec::new();
+    for id in index.live_ids() {
+        let mut needed = false;
+        for queue in index.queues_of(id) {
+            let list = queues.entry(queue).or_default();
+            needed |= list.len() < budget;
+            list.push((id, None));
+        }
+        if needed {
+            if let Some((segment, offset)) = index.location(id) {
+                wanted.push((segment, offset, id));
+            }
+        }
+    }
+    wanted.sort_unstable();
+
+    let mut bodies: Vec<(u64, Bytes)> = Vec::with_capacity(wanted.len());
+    let mut locs: Vec<(u64, u64)> = Vec::new();
+    let mut rest = &wanted[..];
+    while let Some(&(segment, ..)) = rest.first() {
+        let n = rest.partition_point(|w| w.0 == segment);
+        locs.clear();
+        locs.extend(rest[..n].iter().map(|&(_, offset, id)| (id, offset)));
+        rest = &rest[n..];
+        let path = segment_path(dir, segment);
+        let file = backend
+            .open(&path, false)
+            .map_err(|e| StoreError::io("open", &path, e))?;
+        let len = index.segment_size(segment).unwrap_or(0);
+        read_segment(
+            file.as_ref(),
+            dir,
+            segment,
+            len,
+            &locs,
+            read_buffer,
+            &mut bodies,
+        )?;
+    }
+    bodies.sort_unstable_by_key(|(id, _)| *id);
+
+    for list in queues.values_mut() {
+        for (id, body) in list.iter_mut().take(budget) {
+            if let Ok(i) = bodies.binary_search_by_key(id, |(b, _)| *b) {
+                *body = Some(bodies[i].1.clone());
+            }
+        }
+    }
+    Ok(queues)
 }
 
 /// Removes segment `number` if it is a crash while creating it: a file no

@@ -23,7 +23,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 
-use super::index::Index;
 use super::recovery::RecoveredLog;
 use super::{Cmd, FsyncPolicy, LogConfig, Lsn, Recovered, Shared};
 use crate::backend::{Backend, BackendFile};
@@ -54,7 +53,6 @@ pub(super) struct Writer {
     backend: Arc<dyn Backend>,
     dir: PathBuf,
     config: LogConfig,
-    index: Index,
     active: Active,
     next_segment: u64,
     /// The id of the next message; the base id of the next segment.
@@ -98,8 +96,9 @@ impl Drop for StopGuard {
 }
 
 impl Writer {
-    /// Takes over from recovery: creates the first segment if there is
-    /// none, and reclaims what recovery found fully acknowledged.
+    /// Takes over from recovery (whose index is in `shared` already):
+    /// creates the first segment if there is none, and reclaims what
+    /// recovery found fully acknowledged.
     pub(super) fn new(
         backend: Arc<dyn Backend>,
         dir: PathBuf,
@@ -108,7 +107,7 @@ impl Writer {
         shared: Arc<Shared>,
     ) -> Result<(Self, Recovered)> {
         let RecoveredLog {
-            mut index,
+            index: _,
             active,
             next_id,
             mut next_segment,
@@ -121,7 +120,7 @@ impl Writer {
                 let file = create_segment(backend.as_ref(), &dir, number, next_id)
                     .map_err(|e| StoreError::io("create segment", segment_path(&dir, number), e))?;
                 next_segment += 1;
-                index.add_segment(number, HEADER_LEN);
+                shared.index.write().add_segment(number, HEADER_LEN);
                 Active {
                     number,
                     file,
@@ -133,7 +132,6 @@ impl Writer {
             backend,
             dir,
             config,
-            index,
             active,
             next_segment,
             next_id,
@@ -190,8 +188,12 @@ impl Writer {
             } => {
                 let size = message_record_len(queues.len(), body.len());
                 self.reserve(size)?;
+                let offset = self.active.len + self.buf.len() as u64;
                 encode_message(&mut self.buf, id, &queues, &body);
-                self.index.add_message(self.active.number, id, queues);
+                self.shared
+                    .index
+                    .write()
+                    .add_message(self.active.number, offset, id, queues);
                 self.next_id = self.next_id.max(id + 1);
                 batch.bytes += size;
                 batch.last_lsn = lsn;
@@ -201,7 +203,7 @@ impl Writer {
                 batch.last_lsn = lsn;
             }
             Cmd::DropQueue { lsn, queue } => {
-                let pairs = self.index.pairs_of_queue(queue);
+                let pairs = self.shared.index.read().pairs_of_queue(queue);
                 self.write_acks(pairs, batch)?;
                 batch.last_lsn = lsn;
             }
@@ -219,11 +221,14 @@ impl Writer {
     fn write_acks(&mut self, pairs: Vec<(u32, u64)>, batch: &mut Batch) -> io::Result<()> {
         let mut live = Vec::new();
         let mut targets = Vec::new();
-        for (queue, id) in pairs {
-            if let Some(acked) = self.index.ack(queue, id) {
-                live.push((queue, id));
-                targets.push(acked.segment);
-                self.reclaim_due |= acked.died;
+        {
+            let mut index = self.shared.index.write();
+            for (queue, id) in pairs {
+                if let Some(acked) = index.ack(queue, id) {
+                    live.push((queue, id));
+                    targets.push(acked.segment);
+                    self.reclaim_due |= acked.died;
+                }
             }
         }
         for (chunk, segments) in live
@@ -233,8 +238,9 @@ impl Writer {
             let size = ack_record_len(chunk.len());
             self.reserve(size)?;
             encode_ack(&mut self.buf, chunk);
+            let mut index = self.shared.index.write();
             for &segment in segments {
-                self.index.add_ref(self.active.number, segment);
+                index.add_ref(self.active.number, segment);
             }
             batch.bytes += size;
         }
@@ -259,7 +265,15 @@ impl Writer {
         }
         self.active.file.write_all_at(self.active.len, &self.buf)?;
         self.active.len += self.buf.len() as u64;
-        self.index.set_size(self.active.number, self.active.len);
+        self.shared
+            .index
+            .write()
+            .set_size(self.active.number, self.active.len);
+        // Readers may now read every message handled so far.
+        self.shared
+            .written_below
+            .store(self.next_id, Ordering::Release);
+        self.shared.notify();
         self.dirty = true;
         self.buf.clear();
         // Give back the memory of an unusually large batch or message.
@@ -286,7 +300,7 @@ impl Writer {
         let file = create_segment(self.backend.as_ref(), &self.dir, number, self.next_id)?;
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.next_segment += 1;
-        self.index.add_segment(number, HEADER_LEN);
+        self.shared.index.write().add_segment(number, HEADER_LEN);
         self.active = Active {
             number,
             file,
@@ -326,11 +340,16 @@ impl Writer {
         if !std::mem::take(&mut self.reclaim_due) {
             return Ok(());
         }
-        for number in self.index.reclaimable(self.active.number) {
+        let reclaimable = self.shared.index.read().reclaimable(self.active.number);
+        for number in reclaimable {
             let path = segment_path(&self.dir, number);
+            // Out of the index first (no message in it is live, so no
+            // reader looks it up), then its read handles closed: a reader
+            // still using one does not put it back (see `MessageLog::read`).
+            self.shared.index.write().remove_segment(number);
+            self.shared.handles.lock().forget(number);
             self.backend.remove(&path)?;
             self.backend.sync_dir(&self.dir)?;
-            self.index.remove_segment(number);
             tracing::debug!(message = "Segment reclaimed.", path = %path.display());
         }
         Ok(())
@@ -338,12 +357,12 @@ impl Writer {
 
     fn publish_stats(&self) {
         let s = &self.shared;
+        let index = s.index.read();
         s.segments
-            .store(self.index.segments.len() as u64, Ordering::Relaxed);
-        s.disk_bytes
-            .store(self.index.disk_bytes(), Ordering::Relaxed);
+            .store(index.segments.len() as u64, Ordering::Relaxed);
+        s.disk_bytes.store(index.disk_bytes(), Ordering::Relaxed);
         s.live_messages
-            .store(self.index.live_messages(), Ordering::Relaxed);
+            .store(index.live_messages(), Ordering::Relaxed);
     }
 
     /// Every sender is gone: make what was written durable and stop.

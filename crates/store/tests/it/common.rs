@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use liebre_store::{
     Backend, BackendFile, CrashBackend, FileBackend, LogConfig, MemoryBackend, MessageLog,
     Recovered,
@@ -238,6 +239,19 @@ impl Drop for ReleaseSyncs {
     fn drop(&mut self) {
         self.0.release_syncs();
     }
+}
+
+/// A recovered queue's messages, every one of which must have come back
+/// with its body.
+pub(crate) fn with_bodies(list: &[(u64, Option<Bytes>)]) -> Vec<(u64, Bytes)> {
+    list.iter()
+        .map(|(id, body)| {
+            let body = body
+                .clone()
+                .unwrap_or_else(|| panic!("message {id} recovered without its body"));
+            (*id, body)
+        })
+        .collect()
 }
 
 /// Proptest cases: `default`, or `PROPTEST_CASES` when set (for long runs).

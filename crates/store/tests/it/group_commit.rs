@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use liebre_store::{Backend, FileBackend, LogConfig, MemoryBackend, MessageLog};
 
-use crate::common::{SlowSync, TempDir};
+use crate::common::{with_bodies, SlowSync, TempDir};
 
 const THREADS: u32 = 4;
 const PER_THREAD: u32 = 2_500;
@@ -60,7 +60,10 @@ fn many_appends_share_fsyncs(inner: Arc<dyn Backend>, dir: PathBuf) {
 
     let (_log, rec) = MessageLog::open(backend, &dir, LogConfig::default()).expect("reopen");
     for q in 1..=THREADS {
-        let bodies: Vec<Bytes> = rec.queues[&q].iter().map(|(_, b)| b.clone()).collect();
+        let bodies: Vec<Bytes> = with_bodies(&rec.queues[&q])
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
         let expected: Vec<Bytes> = (0..PER_THREAD)
             .map(|i| Bytes::from(format!("{q}-{i}")))
             .collect();

@@ -6,4 +6,5 @@ mod faults;
 mod group_commit;
 mod meta;
 mod model;
+mod read;
 mod suite;

@@ -172,6 +172,6 @@ fn store_open_creates_both_halves_and_locks_the_directory() {
     assert_eq!(store.meta.queue_id("/", "jobs").expect("id"), id.0);
     assert_eq!(
         rec.queues[&id.0],
-        vec![(id.1, bytes::Bytes::from_static(b"job"))]
+        vec![(id.1, Some(bytes::Bytes::from_static(b"job")))]
     );
 }
