@@ -7,7 +7,8 @@ run_mosquitto.sh), starts a release build of Liebre, then runs the same
 load programs against each, interleaved A B A B, and reports medians, the
 broker's CPU seconds per run (from /proc), and ratios.
 
-    python3 bench/compare.py                 # 3 rounds of 10 s each
+    python3 bench/compare.py                 # 3 rounds of 6 s each
+    python3 bench/compare.py --only persistent
     python3 bench/compare.py --rounds 5 --seconds 15 --skip-mqtt
     python3 bench/compare.py --client libs   # the lapin/rumqttc examples instead
 
@@ -116,6 +117,14 @@ def bench_loads(args, liebre_pid, mosquitto):
         "AMQP latency at 1000 msg/s": [
             ("Liebre", amqp(5699, "--rate", "1000"), liebre_pid), ("RabbitMQ", amqp(5673, "--rate", "1000"), rabbitmq_pid())],
     }
+    # Persistent messages on durable queues, each confirmed only after the
+    # broker's fsync (both brokers' defaults).
+    for size in ("16", "1024"):
+        for producers in ("1", "4"):
+            extra = ("--persistent", "--confirm", "--size", size, "--producers", producers, "--consumers", producers,
+                     "--queues", producers)
+            loads[f"AMQP {'1 KiB' if size == '1024' else '16 B'} persistent + confirms, {producers} producer(s)"] = [
+                ("Liebre", amqp(5699, *extra), liebre_pid), ("RabbitMQ", amqp(5673, *extra), rabbitmq_pid())]
     if mosquitto is not None:
         mqtt = lambda port, *extra: [LIEBRE, "bench", "mqtt", "--port", str(port), *d, *extra]
         for qos in ("0", "1"):
@@ -168,7 +177,8 @@ def p99_of(r):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--only", help="run only the loads whose name contains this text")
     ap.add_argument("--skip-mqtt", action="store_true")
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--client", choices=["bench", "libs"], default="bench",
@@ -200,6 +210,8 @@ def main():
         loads = bench_loads(args, liebre.pid, mosquitto)
     else:
         loads = library_loads(args, liebre.pid, mosquitto, have_mqtt_load)
+    if args.only:
+        loads = {k: v for k, v in loads.items() if args.only in k}
     results = {}
     try:
         for name, targets in loads.items():

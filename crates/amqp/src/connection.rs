@@ -17,7 +17,7 @@ use liebre_amqp_codec::{
     FieldValue, Frame, Method, ShortStr,
 };
 use liebre_auth::{Access, AuthError, AuthStore};
-use liebre_core::{Broker, Consumer, Message, Metrics, QueueOptions, VHost};
+use liebre_core::{Broker, Consumer, Message, Metrics, QueueOptions, Throttle, VHost};
 use tracing::debug;
 
 use crate::channel::{
@@ -115,6 +115,10 @@ pub struct Connection {
     close_reason: Option<String>,
     /// The store position this connection asked to be woken at.
     sync_wait: u64,
+    /// Stopped reading: published while a resource alarm was on.
+    throttle: Throttle,
+    /// `connection.blocked` went out; `connection.unblocked` is owed.
+    blocked_sent: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -154,6 +158,8 @@ impl Connection {
             client_properties: FieldTable::default(),
             close_reason: None,
             sync_wait: 0,
+            throttle: Throttle::default(),
+            blocked_sent: false,
             ctx,
         }
     }
@@ -188,6 +194,13 @@ impl Connection {
         self.state == State::Closed
     }
 
+    /// Whether the connection takes input now: not while it is blocked by
+    /// a resource alarm (bytes already received wait in the caller's
+    /// buffer, to be fed again once this turns true).
+    pub fn wants_read(&self) -> bool {
+        !self.throttle.is_blocked()
+    }
+
     /// Size limit for reads: a frame never needs more than this.
     pub fn frame_max(&self) -> u32 {
         self.frame_max
@@ -215,6 +228,8 @@ impl Connection {
                         return;
                     }
                 },
+                // Blocked by an alarm: the rest waits in `buf`.
+                _ if self.throttle.is_blocked() => return,
                 _ => match decode_frame(buf, self.frame_max) {
                     Ok(None) => return,
                     Ok(Some(frame)) => self.handle_frame(frame, now),
@@ -244,7 +259,8 @@ impl Connection {
         if self.heartbeat.is_zero() || self.state != State::Running {
             return;
         }
-        if now.duration_since(self.last_rx) >= self.heartbeat * 2 {
+        // Heartbeat monitoring pauses while we do not read (as RabbitMQ).
+        if !self.throttle.is_blocked() && now.duration_since(self.last_rx) >= self.heartbeat * 2 {
             debug!(message = "Missed heartbeats from client.", peer = %self.peer);
             self.finish(&format!(
                 "missed heartbeats from client, timeout: {}s",
@@ -262,6 +278,9 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hb = (!self.heartbeat.is_zero() && self.state == State::Running).then(|| {
             let send = self.last_tx + self.heartbeat / 2;
+            if self.throttle.is_blocked() {
+                return send;
+            }
             let dead = self.last_rx + self.heartbeat * 2;
             send.min(dead)
         });
@@ -274,6 +293,7 @@ impl Connection {
     /// Move pending output (replies, deliveries, confirms) into `out`.
     /// Returns whether anything was written.
     pub fn poll_transmit(&mut self, out: &mut BytesMut, now: Instant) -> bool {
+        self.poll_unblock(now);
         self.drain_outbox();
         self.flush_confirms();
         if self.out.is_empty() {
@@ -320,6 +340,7 @@ impl Connection {
     // ---- frames ----------------------------------------------------------
 
     fn handle_frame(&mut self, frame: Frame, now: Instant) {
+        let content = matches!(frame, Frame::Header { .. } | Frame::Body { .. });
         let (channel, result) = match frame {
             Frame::Heartbeat { channel } => {
                 let r = if channel != 0 {
@@ -344,6 +365,44 @@ impl Connection {
                 self.close_channel_with(channel, e)
             }
             Err(e) => self.fail_at(e, now),
+        }
+        if content {
+            self.publish_received();
+        }
+    }
+
+    /// A content frame of a publish was handled: with an alarm on, stop
+    /// reading (RabbitMQ blocks at the content header or body, so a
+    /// connection that only consumes is never blocked) and tell a client
+    /// that asked for `connection.blocked`.
+    fn publish_received(&mut self) {
+        if self.state != State::Running {
+            return;
+        }
+        let alarms = self.ctx.broker.alarms();
+        if !self.throttle.publish_received(alarms, self.outbox.waker()) {
+            return;
+        }
+        debug!(message = "Connection blocked by a resource alarm.", peer = %self.peer, reason = %alarms.reason_text());
+        if client_capability(&self.client_properties, "connection.blocked") {
+            let m = Method::ConnectionBlocked(codec::ConnectionBlocked {
+                reason: short(&alarms.reason_text()),
+            });
+            self.write_method(0, &m);
+            self.blocked_sent = true;
+        }
+    }
+
+    /// Every alarm cleared: read again, restart the heartbeat monitor and
+    /// send `connection.unblocked` if `connection.blocked` went out.
+    fn poll_unblock(&mut self, now: Instant) {
+        if !self.throttle.poll_unblock(self.ctx.broker.alarms()) {
+            return;
+        }
+        debug!(message = "Connection unblocked.", peer = %self.peer);
+        self.last_rx = now;
+        if std::mem::take(&mut self.blocked_sent) && self.state == State::Running {
+            self.write_method(0, &Method::ConnectionUnblocked);
         }
     }
 
@@ -392,6 +451,8 @@ impl Connection {
     }
 
     fn release_all(&mut self) {
+        // Closing: the close handshake must be read whatever the alarms.
+        self.throttle.release();
         let channels: Vec<u16> = self.channels.keys().copied().collect();
         for ch in channels {
             self.release_channel(ch);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::alarms::Alarms;
 use crate::error::{CoreError, Result};
 use crate::message::{Clock, SystemClock};
 use crate::metrics::Metrics;
@@ -19,9 +20,11 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     ids: AtomicU64,
     metrics: Arc<Metrics>,
+    alarms: Alarms,
     started: std::time::Instant,
     definitions: std::sync::OnceLock<Arc<dyn crate::Definitions>>,
     store: std::sync::OnceLock<Arc<dyn crate::MessageStore>>,
+    max_loaded: AtomicU64,
 }
 
 impl Default for Broker {
@@ -34,14 +37,17 @@ impl Broker {
     /// A broker with the default vhost `/`.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         let started = clock.now();
+        let metrics = Arc::new(Metrics::default());
         let b = Self {
             vhosts: RwLock::new(HashMap::new()),
             clock,
             ids: AtomicU64::new(1),
-            metrics: Arc::new(Metrics::default()),
+            alarms: Alarms::new(metrics.clone()),
+            metrics,
             started,
             definitions: std::sync::OnceLock::new(),
             store: std::sync::OnceLock::new(),
+            max_loaded: AtomicU64::new(crate::persistence::DEFAULT_MAX_LOADED as u64),
         };
         b.add_vhost("/");
         b
@@ -71,6 +77,16 @@ impl Broker {
         }
     }
 
+    /// Ready messages each queue keeps in memory before new stored ones
+    /// are paged out (for queues declared from now on; set before
+    /// definitions are loaded).
+    pub fn set_queue_max_loaded(&self, n: usize) {
+        self.max_loaded.store(n as u64, Ordering::Relaxed);
+        for v in self.vhosts() {
+            v.set_queue_max_loaded(n);
+        }
+    }
+
     /// The message store, if there is one.
     pub fn store(&self) -> Option<&Arc<dyn crate::MessageStore>> {
         self.store.get()
@@ -79,6 +95,11 @@ impl Broker {
     /// Broker-wide counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Memory and disk alarms: while one is on, publishers are blocked.
+    pub fn alarms(&self) -> &Alarms {
+        &self.alarms
     }
 
     /// How long the broker has been running.
@@ -115,6 +136,7 @@ impl Broker {
                 if let Some(s) = self.store.get() {
                     v.set_store(s.clone());
                 }
+                v.set_queue_max_loaded(self.max_loaded.load(Ordering::Relaxed) as usize);
                 v
             })
             .clone()

@@ -8,6 +8,7 @@
 //! front end implements.
 //!
 //! # Layout
+//! - [`alarms`]: memory and disk alarms, and connections blocked by them.
 //! - [`broker`]: the vhost registry, the root handle.
 //! - [`definitions`]: the seam where durable definitions leave the core.
 //! - [`vhost`]: declarations, bindings, routing, dead-lettering.
@@ -20,6 +21,7 @@
 //! - [`persistence`]: the seam where persistent messages reach the store.
 //! - [`retained`]: retained messages per topic (MQTT).
 
+pub mod alarms;
 pub mod broker;
 pub mod definitions;
 pub mod error;
@@ -33,6 +35,7 @@ pub mod retained;
 pub mod topic;
 pub mod vhost;
 
+pub use alarms::{Alarms, Resource, Throttle};
 pub use broker::Broker;
 pub use definitions::Definitions;
 pub use error::{CoreError, Result};

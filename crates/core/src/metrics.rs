@@ -23,6 +23,11 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Messages published that no queue took.
     pub messages_unroutable: AtomicU64,
+    /// Resource alarms on (memory, disk): 0, 1 or 2.
+    pub resource_alarms: AtomicU64,
+    /// Connections that stopped being read because they published while
+    /// an alarm was on.
+    pub blocked_connections: AtomicU64,
 }
 
 impl Metrics {

@@ -72,7 +72,20 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// Call `waker` once [`MessageStore::synced`] reaches `lsn` (at once if
     /// it has). Called from the thread that syncs: the waker must be quick.
     fn wake_when_synced(&self, lsn: u64, waker: Arc<dyn Wake>);
+
+    /// The records of stored messages `ids`, as `(id, record)`; ids the
+    /// store does not have are left out. Used to read back messages a queue
+    /// paged out. Called with a queue lock held.
+    fn read(&self, ids: &[u64]) -> Result<Vec<(u64, Bytes)>, StoreRefused> {
+        let _ = ids;
+        Err(StoreRefused("this store cannot read messages back".into()))
+    }
 }
+
+/// Ready messages a queue keeps in memory by default; stored messages
+/// beyond them are paged out (their bodies read back from the store when
+/// they near the head of the queue).
+pub const DEFAULT_MAX_LOADED: usize = 2048;
 
 /// A queue's link to the store: the store and the queue's id in it.
 #[derive(Clone)]
@@ -163,8 +176,9 @@ pub fn decode_record(record: &Bytes) -> Option<(Message, u64)> {
 pub struct Recovered {
     /// Its id in the store.
     pub id: u64,
-    /// The message.
-    pub message: Message,
+    /// The message; `None` if it was recovered without its body (read
+    /// back from the store when it nears the head of the queue).
+    pub message: Option<Message>,
     /// When it was published (ms since the Unix epoch), so a TTL keeps
     /// counting across the restart.
     pub published_at_ms: u64,

@@ -234,15 +234,52 @@ impl DeathReason {
     }
 }
 
+/// A ready message's content: in memory, or only in the message store
+/// (paged out: read back when it nears the head of the queue).
+#[derive(Debug)]
+enum Body {
+    Loaded(Arc<Message>),
+    Paged {
+        /// Body size, for `x-max-length-bytes` and statistics (0 if not
+        /// known: recovered without its body).
+        size: u32,
+        /// Its priority level.
+        priority: u8,
+    },
+}
+
 #[derive(Debug)]
 struct Entry {
-    message: Arc<Message>,
+    body: Body,
     seq: u64,
     redelivered: bool,
     expires_at: Option<Instant>,
     /// Its id in the message store, if it is stored for this queue.
     stored: Option<u64>,
 }
+
+impl Entry {
+    fn size(&self) -> u64 {
+        match &self.body {
+            Body::Loaded(m) => m.body.len() as u64,
+            Body::Paged { size, .. } => u64::from(*size),
+        }
+    }
+
+    fn priority(&self) -> u8 {
+        match &self.body {
+            Body::Loaded(m) => m.properties.priority.unwrap_or(0),
+            Body::Paged { priority, .. } => *priority,
+        }
+    }
+
+    fn is_loaded(&self) -> bool {
+        matches!(self.body, Body::Loaded(_))
+    }
+}
+
+/// How many paged-out messages are read back at once.
+const PAGE_IN_BATCH: usize = 256;
 
 /// Ready messages: one FIFO per priority level (one level unless the
 /// queue was declared with `x-max-priority`), highest level served first.
@@ -251,6 +288,8 @@ struct Ready {
     levels: Vec<VecDeque<Entry>>,
     len: usize,
     bytes: u64,
+    /// Entries whose body is in memory.
+    loaded: usize,
 }
 
 impl Ready {
@@ -259,12 +298,13 @@ impl Ready {
             levels: (0..=max_priority).map(|_| VecDeque::new()).collect(),
             len: 0,
             bytes: 0,
+            loaded: 0,
         }
     }
 
     fn level(&self, e: &Entry) -> usize {
         let max = self.levels.len() - 1;
-        usize::from(e.message.properties.priority.unwrap_or(0)).min(max)
+        usize::from(e.priority()).min(max)
     }
 
     fn len(&self) -> usize {
@@ -275,20 +315,24 @@ impl Ready {
         self.len == 0
     }
 
+    fn count_in(&mut self, e: &Entry) {
+        self.len += 1;
+        self.bytes += e.size();
+        self.loaded += usize::from(e.is_loaded());
+    }
+
     fn push_back(&mut self, e: Entry) {
         let l = self.level(&e);
-        self.len += 1;
-        self.bytes += e.message.body.len() as u64;
+        self.count_in(&e);
         self.levels[l].push_back(e);
     }
 
     /// Put a message back where its sequence number says it belongs.
     fn insert_by_seq(&mut self, e: Entry) {
         let l = self.level(&e);
+        self.count_in(&e);
         let level = &mut self.levels[l];
         let pos = level.partition_point(|x| x.seq < e.seq);
-        self.len += 1;
-        self.bytes += e.message.body.len() as u64;
         level.insert(pos, e);
     }
 
@@ -296,11 +340,21 @@ impl Ready {
         self.levels.iter().rev().find_map(|l| l.front())
     }
 
+    /// The level the next message comes from.
+    fn front_level(&self) -> Option<usize> {
+        self.levels.iter().rposition(|l| !l.is_empty())
+    }
+
     fn pop_front(&mut self) -> Option<Entry> {
         let e = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
         self.len -= 1;
-        self.bytes -= e.message.body.len() as u64;
+        self.bytes -= e.size();
+        self.loaded -= usize::from(e.is_loaded());
         Some(e)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.levels.iter().flatten()
     }
 
     fn clear(&mut self) -> usize {
@@ -308,6 +362,7 @@ impl Ready {
         self.levels.iter_mut().for_each(VecDeque::clear);
         self.len = 0;
         self.bytes = 0;
+        self.loaded = 0;
         n
     }
 }
@@ -336,6 +391,8 @@ pub struct Queue {
     vhost: Weak<VHost>,
     clock: Arc<dyn Clock>,
     store: Option<QueueStore>,
+    /// Ready messages kept in memory before new stored ones are paged out.
+    max_loaded: usize,
     state: Mutex<State>,
 }
 
@@ -432,6 +489,7 @@ impl Queue {
         args: QueueArgs,
         clock: Arc<dyn Clock>,
         store: Option<QueueStore>,
+        max_loaded: usize,
     ) -> Self {
         let now = clock.now();
         let ready = Ready::new(args.max_priority.unwrap_or(0));
@@ -446,6 +504,7 @@ impl Queue {
             vhost: Arc::downgrade(vhost),
             clock,
             store,
+            max_loaded,
             state: Mutex::new(State {
                 ready,
                 unacked: 0,
@@ -561,8 +620,18 @@ impl Queue {
             let seq = st.next_seq;
             st.next_seq += 1;
             st.stats.published += 1;
+            // Past the in-memory budget a stored message keeps only its
+            // place in the queue; its body is read back near the head.
+            let body = if stored.is_some() && st.ready.loaded >= self.max_loaded {
+                Body::Paged {
+                    size: u32::try_from(size).unwrap_or(u32::MAX),
+                    priority: message.properties.priority.unwrap_or(0),
+                }
+            } else {
+                Body::Loaded(message)
+            };
             st.ready.push_back(Entry {
-                message,
+                body,
                 seq,
                 redelivered: false,
                 expires_at,
@@ -598,13 +667,36 @@ impl Queue {
         {
             let mut st = self.state.lock();
             for r in messages {
-                let expires_at = self
-                    .ttl(&r.message)
-                    .map(|t| now + crate::persistence::remaining(t, r.published_at_ms, now_ms));
+                let (body, expires_at) = match r.message {
+                    Some(m) => {
+                        let expires_at = self.ttl(&m).map(|t| {
+                            now + crate::persistence::remaining(t, r.published_at_ms, now_ms)
+                        });
+                        let body = if st.ready.loaded < self.max_loaded || self.store.is_none() {
+                            Body::Loaded(Arc::new(m))
+                        } else {
+                            Body::Paged {
+                                size: u32::try_from(m.body.len()).unwrap_or(u32::MAX),
+                                priority: m.properties.priority.unwrap_or(0),
+                            }
+                        };
+                        (body, expires_at)
+                    }
+                    // Recovered without its body: priority and TTL are
+                    // learnt when it is read back.
+                    None if self.store.is_some() => (
+                        Body::Paged {
+                            size: 0,
+                            priority: 0,
+                        },
+                        None,
+                    ),
+                    None => continue,
+                };
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 st.ready.push_back(Entry {
-                    message: Arc::new(r.message),
+                    body,
                     seq,
                     redelivered: r.redelivered,
                     expires_at,
@@ -622,9 +714,7 @@ impl Queue {
     pub fn redelivered_ids(&self) -> Vec<u64> {
         let st = self.state.lock();
         st.ready
-            .levels
             .iter()
-            .flatten()
             .filter(|e| e.redelivered)
             .filter_map(|e| e.stored)
             .collect()
@@ -640,7 +730,14 @@ impl Queue {
                 .is_some_and(|max| st.ready.bytes + incoming > max)
     }
 
+    /// Drop (or dead-letter) head messages while the queue is over its
+    /// length limits. Only under `drop-head`: a `reject-publish` queue
+    /// refuses new messages instead, and keeps what it holds (requeued and
+    /// recovered ones included), as RabbitMQ does.
     fn enforce_limits(&self, st: &mut State, out: &mut Out) {
+        if self.args.overflow != Overflow::DropHead {
+            return;
+        }
         loop {
             let over_len = self
                 .args
@@ -656,8 +753,7 @@ impl Queue {
             let Some(e) = st.ready.pop_front() else {
                 return;
             };
-            self.gone(out, e.stored);
-            out.dead.push((e.message, DeathReason::Maxlen));
+            self.dead(out, e, DeathReason::Maxlen);
         }
     }
 
@@ -668,8 +764,7 @@ impl Queue {
                 return;
             }
             if let Some(e) = st.ready.pop_front() {
-                self.gone(out, e.stored);
-                out.dead.push((e.message, DeathReason::Expired));
+                self.dead(out, e, DeathReason::Expired);
             }
         }
     }
@@ -681,12 +776,19 @@ impl Queue {
 
     fn deliver_ready(self: &Arc<Self>, st: &mut State, now: Instant, out: &mut Out) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
+            if !self.page_in(st, now, out) {
+                return;
+            }
             let Some(idx) = pick_consumer(&st.consumers, st.next_consumer) else {
                 return;
             };
             st.next_consumer = st.next_consumer.wrapping_add(1);
             let Some(e) = st.ready.pop_front() else {
                 return;
+            };
+            let Some(message) = self.load(e.body, e.stored) else {
+                self.gone(out, e.stored);
+                continue;
             };
             st.stats.delivered += 1;
             let c = &st.consumers[idx];
@@ -697,7 +799,7 @@ impl Queue {
             let delivery = Delivery {
                 queue: self.clone(),
                 consumer_tag: c.tag.clone(),
-                message: e.message,
+                message,
                 seq: e.seq,
                 redelivered: e.redelivered,
                 expires_at: e.expires_at,
@@ -788,22 +890,34 @@ impl Queue {
             let mut st = self.state.lock();
             st.last_used = now;
             self.expire_head(&mut st, now, &mut out);
-            let e = st.ready.pop_front();
-            e.map(|e| {
+            let mut e = None;
+            while !st.ready.is_empty() && self.page_in(&mut st, now, &mut out) {
+                let Some(next) = st.ready.pop_front() else {
+                    break;
+                };
+                match self.load(next.body, next.stored) {
+                    Some(m) => {
+                        e = Some((m, next.seq, next.redelivered, next.expires_at, next.stored));
+                        break;
+                    }
+                    None => self.gone(&mut out, next.stored),
+                }
+            }
+            e.map(|(message, seq, redelivered, expires_at, stored)| {
                 st.stats.delivered += 1;
                 if no_ack {
                     st.stats.acked += 1;
-                    self.gone(&mut out, e.stored);
+                    self.gone(&mut out, stored);
                 } else {
                     st.unacked += 1;
                 }
                 Got {
-                    message: e.message,
-                    seq: e.seq,
-                    redelivered: e.redelivered,
-                    expires_at: e.expires_at,
+                    message,
+                    seq,
+                    redelivered,
+                    expires_at,
                     remaining: st.ready.len() as u64,
-                    stored: e.stored.filter(|_| !no_ack),
+                    stored: stored.filter(|_| !no_ack),
                 }
             })
         };
@@ -845,7 +959,7 @@ impl Queue {
             // message that was published after them.
             for r in returned.into_iter().rev() {
                 st.ready.insert_by_seq(Entry {
-                    message: r.message,
+                    body: Body::Loaded(r.message),
                     seq: r.seq,
                     redelivered: true,
                     expires_at: r.expires_at,
@@ -878,7 +992,7 @@ impl Queue {
         let mut out = Out::default();
         let n = {
             let mut st = self.state.lock();
-            for e in st.ready.levels.iter().flatten() {
+            for e in st.ready.iter() {
                 self.gone(&mut out, e.stored);
             }
             st.ready.clear() as u32
@@ -916,6 +1030,122 @@ impl Queue {
     /// Whether the queue was deleted.
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
+    }
+
+    /// A ready message leaves for good with `reason`: dead-lettered if the
+    /// queue has a dead-letter exchange (read back if it was paged out).
+    fn dead(&self, out: &mut Out, e: Entry, reason: DeathReason) {
+        self.gone(out, e.stored);
+        if self.args.dead_letter_exchange.is_some() {
+            if let Some(m) = self.load(e.body, e.stored) {
+                out.dead.push((m, reason));
+            }
+        }
+    }
+
+    /// A message's content, read back from the store if it was paged out.
+    /// `None` if the store does not have it (logged).
+    fn load(&self, body: Body, stored: Option<u64>) -> Option<Arc<Message>> {
+        match body {
+            Body::Loaded(m) => Some(m),
+            Body::Paged { .. } => {
+                let (s, id) = (self.store.as_ref()?, stored?);
+                let read = s.store.read(&[id]);
+                let record = match read {
+                    Ok(mut v) if !v.is_empty() => v.swap_remove(0).1,
+                    Ok(_) => {
+                        tracing::error!(message = "A paged-out message is not in the store.", queue = %self.name, id);
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::error!(message = "Reading a paged-out message failed.", queue = %self.name, id, error = %e);
+                        return None;
+                    }
+                };
+                crate::persistence::decode_record(&record).map(|(m, _)| Arc::new(m))
+            }
+        }
+    }
+
+    /// Make sure the next ready message is in memory, reading it and the
+    /// paged-out ones after it (up to [`PAGE_IN_BATCH`]) back from the
+    /// store. Messages the store no longer has are dropped (logged).
+    /// Returns false if the store failed (the message stays paged out).
+    fn page_in(&self, st: &mut State, now: Instant, out: &mut Out) -> bool {
+        loop {
+            let Some(l) = st.ready.front_level() else {
+                return true;
+            };
+            if st.ready.levels[l].front().is_none_or(Entry::is_loaded) {
+                return true;
+            }
+            if !self.page_in_batch(st, l, now, out) {
+                return false;
+            }
+        }
+    }
+
+    /// Read back the paged-out messages among the first [`PAGE_IN_BATCH`]
+    /// of priority level `l`. False if the store failed.
+    fn page_in_batch(&self, st: &mut State, l: usize, now: Instant, out: &mut Out) -> bool {
+        let Some(qs) = &self.store else {
+            return true;
+        };
+        let ids: Vec<u64> = st.ready.levels[l]
+            .iter()
+            .take(PAGE_IN_BATCH)
+            .filter(|e| !e.is_loaded())
+            .filter_map(|e| e.stored)
+            .collect();
+        let records: std::collections::HashMap<u64, bytes::Bytes> = match qs.store.read(&ids) {
+            Ok(v) => v.into_iter().collect(),
+            Err(e) => {
+                tracing::error!(message = "Reading paged-out messages failed.", queue = %self.name, error = %e);
+                return false;
+            }
+        };
+        let now_ms = crate::persistence::unix_millis_now();
+        let (mut loaded, mut bytes_in, mut bytes_out) = (0usize, 0u64, 0u64);
+        let mut missing = Vec::new();
+        for (i, e) in st.ready.levels[l]
+            .iter_mut()
+            .take(PAGE_IN_BATCH)
+            .enumerate()
+        {
+            if e.is_loaded() {
+                continue;
+            }
+            let decoded = e
+                .stored
+                .and_then(|id| records.get(&id))
+                .and_then(crate::persistence::decode_record);
+            let Some((m, published_at_ms)) = decoded else {
+                missing.push(i);
+                continue;
+            };
+            if e.expires_at.is_none() {
+                e.expires_at = self
+                    .ttl(&m)
+                    .map(|t| now + crate::persistence::remaining(t, published_at_ms, now_ms));
+            }
+            bytes_out += e.size();
+            bytes_in += m.body.len() as u64;
+            e.body = Body::Loaded(Arc::new(m));
+            loaded += 1;
+        }
+        st.ready.loaded += loaded;
+        st.ready.bytes = st.ready.bytes + bytes_in - bytes_out;
+        for &i in missing.iter().rev() {
+            if let Some(e) = st.ready.levels[l].remove(i) {
+                tracing::error!(message = "A paged-out message could not be read back; dropped.", queue = %self.name, id = ?e.stored);
+                st.ready.len -= 1;
+                st.ready.bytes -= e.size();
+                self.gone(out, e.stored);
+            }
+        }
+        // Read-back TTLs may have run out already.
+        self.expire_head(st, now, out);
+        true
     }
 
     /// Record that a message left the queue for good.

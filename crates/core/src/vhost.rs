@@ -57,6 +57,7 @@ pub struct VHost {
     metrics: Arc<crate::metrics::Metrics>,
     definitions: std::sync::OnceLock<Arc<dyn crate::Definitions>>,
     store: std::sync::OnceLock<Arc<dyn crate::MessageStore>>,
+    max_loaded: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for VHost {
@@ -93,6 +94,7 @@ impl VHost {
             metrics,
             definitions: std::sync::OnceLock::new(),
             store: std::sync::OnceLock::new(),
+            max_loaded: std::sync::atomic::AtomicUsize::new(crate::persistence::DEFAULT_MAX_LOADED),
         })
     }
 
@@ -115,6 +117,13 @@ impl VHost {
     /// The message store, if there is one.
     pub fn store(&self) -> Option<&Arc<dyn crate::MessageStore>> {
         self.store.get()
+    }
+
+    /// Ready messages a queue declared from now on keeps in memory before
+    /// new stored ones are paged out.
+    pub fn set_queue_max_loaded(&self, n: usize) {
+        self.max_loaded
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn defs(&self) -> Option<&Arc<dyn crate::Definitions>> {
@@ -441,6 +450,7 @@ impl VHost {
             args,
             self.clock.clone(),
             store,
+            self.max_loaded.load(std::sync::atomic::Ordering::Relaxed),
         ));
         queues.insert(name, q.clone());
         drop(queues);
@@ -465,6 +475,7 @@ impl VHost {
             QueueArgs::default(),
             self.clock.clone(),
             None,
+            usize::MAX,
         ));
         self.queues.write().insert(name, q.clone());
         q

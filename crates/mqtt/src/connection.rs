@@ -137,6 +137,8 @@ pub struct MqttConnection {
     held_acks: VecDeque<(u64, Packet)>,
     /// The store position this connection asked to be woken at.
     sync_wait: u64,
+    /// Stopped reading: a PUBLISH came while a resource alarm was on.
+    throttle: liebre_core::Throttle,
 }
 
 struct WakerBox(Arc<dyn Wake>);
@@ -212,6 +214,7 @@ impl MqttConnection {
             close_reason: None,
             held_acks: VecDeque::new(),
             sync_wait: 0,
+            throttle: Default::default(),
             ctx,
         }
     }
@@ -236,6 +239,13 @@ impl MqttConnection {
         self.state == State::Closed
     }
 
+    /// Whether the connection takes input now: not while a resource alarm
+    /// holds its next PUBLISH (bytes already received wait in the caller's
+    /// buffer, to be fed again once this turns true).
+    pub fn wants_read(&self) -> bool {
+        !self.throttle.is_blocked()
+    }
+
     /// Largest packet we read.
     pub fn max_packet_size(&self) -> u32 {
         self.ctx.config.max_packet_size
@@ -247,6 +257,16 @@ impl MqttConnection {
             self.last_rx = now;
         }
         while self.state != State::Closed {
+            // A PUBLISH (type 3) while an alarm is on waits in `buf`.
+            if self.state == State::Connected
+                && (self.throttle.is_blocked()
+                    || (buf.first().is_some_and(|b| b >> 4 == 3)
+                        && self
+                            .throttle
+                            .publish_received(self.ctx.broker.alarms(), self.outbox.waker())))
+            {
+                return;
+            }
             let proto = (self.state == State::Connected).then_some(self.protocol);
             if proto.is_none() {
                 // Known before decoding, so a bad CONNECT is answered in
@@ -340,6 +360,7 @@ impl MqttConnection {
         }
         if self.state == State::Connected
             && !self.keep_alive.is_zero()
+            && !self.throttle.is_blocked()
             && now >= self.last_rx + self.keep_alive * 3 / 2
         {
             self.disconnect_with(0x8D, "keep alive timeout", now);
@@ -350,7 +371,7 @@ impl MqttConnection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Connect => self.connect_deadline,
-            State::Connected if !self.keep_alive.is_zero() => {
+            State::Connected if !self.keep_alive.is_zero() && !self.throttle.is_blocked() => {
                 Some(self.last_rx + self.keep_alive * 3 / 2)
             }
             _ => None,
@@ -359,6 +380,9 @@ impl MqttConnection {
 
     /// Move pending output into `out`; returns whether anything was written.
     pub fn poll_transmit(&mut self, out: &mut BytesMut, now: Instant) -> bool {
+        if self.throttle.poll_unblock(self.ctx.broker.alarms()) {
+            self.last_rx = now; // keepalive starts again
+        }
         let kicked = self.handle.kicked.load(Ordering::Acquire);
         if kicked != 0 && self.state == State::Connected {
             self.disconnect_with(kicked, "another connection took over the session", now);
@@ -400,6 +424,7 @@ impl MqttConnection {
         }
         let was_connected = self.state == State::Connected;
         self.state = State::Closed;
+        self.throttle.release();
         if self.close_reason.is_none() {
             self.close_reason = Some(why.to_owned());
         }

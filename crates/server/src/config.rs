@@ -75,6 +75,20 @@ pub struct ServerArgs {
     /// When the message store fsyncs: `always` (every group commit, before any confirm or PUBACK) or `never` (UNSAFE: a machine crash loses confirmed messages; for benchmarks) [default: always].
     #[arg(long, env = "LIEBRE_FSYNC", value_name = "POLICY")]
     pub fsync: Option<String>,
+    /// Memory use above which publishers are blocked (the memory alarm): a fraction of RAM or of the cgroup limit (0.4), or an amount (2GiB) [default: 0.6].
+    #[arg(
+        long = "memory-high-watermark",
+        alias = "vm-memory-high-watermark",
+        env = "LIEBRE_MEMORY_HIGH_WATERMARK",
+        value_name = "FRACTION|BYTES"
+    )]
+    pub memory_high_watermark: Option<String>,
+    /// Free disk space of the data directory below which publishers are blocked (the disk alarm): bytes, or 50MB, 1GB, 2GiB... [default: 50MB].
+    #[arg(long, env = "LIEBRE_DISK_FREE_LIMIT", value_name = "BYTES")]
+    pub disk_free_limit: Option<String>,
+    /// Ready messages a queue keeps in memory; persistent messages of durable queues beyond them wait on disk and are read back near the head [default: 2048].
+    #[arg(long, env = "LIEBRE_QUEUE_MESSAGES_IN_MEMORY", value_name = "N")]
+    pub queue_messages_in_memory: Option<usize>,
 }
 
 /// The TOML file's shape; every key optional, unknown keys are an error.
@@ -113,6 +127,36 @@ pub struct FileConfig {
     pub mqtt_queue_qos0_messages: Option<bool>,
     /// See `--fsync`.
     pub fsync: Option<String>,
+    /// See `--memory-high-watermark`: a fraction (0.6) or an amount ("2GiB").
+    #[serde(alias = "memory_high_watermark")]
+    pub vm_memory_high_watermark: Option<NumberOrText>,
+    /// See `--disk-free-limit`: bytes, or an amount ("50MB").
+    pub disk_free_limit: Option<NumberOrText>,
+    /// See `--queue-messages-in-memory`.
+    pub queue_messages_in_memory: Option<usize>,
+}
+
+/// A TOML value that may be written as a number or as a string
+/// (`0.6`, `50000000`, `"50MB"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum NumberOrText {
+    /// An integer.
+    Int(u64),
+    /// A float.
+    Float(f64),
+    /// A string, such as "50MB".
+    Text(String),
+}
+
+impl NumberOrText {
+    fn text(&self) -> String {
+        match self {
+            Self::Int(n) => n.to_string(),
+            Self::Float(f) => f.to_string(),
+            Self::Text(s) => s.clone(),
+        }
+    }
 }
 
 /// The documented example configuration, embedded so a test can check
@@ -154,6 +198,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// When the message store fsyncs.
     pub fsync: liebre_store::FsyncPolicy,
+    /// Memory and disk alarms.
+    pub alarms: crate::alarms::AlarmsConfig,
+    /// Ready messages a queue keeps in memory before paging out.
+    pub queue_messages_in_memory: usize,
 }
 
 impl Default for Config {
@@ -170,6 +218,8 @@ impl Default for Config {
             sys_interval: liebre_mqtt::sys::DEFAULT_INTERVAL,
             shutdown_grace: Duration::from_secs(5),
             fsync: liebre_store::FsyncPolicy::Always,
+            alarms: crate::alarms::AlarmsConfig::default(),
+            queue_messages_in_memory: liebre_core::persistence::DEFAULT_MAX_LOADED,
         }
     }
 }
@@ -245,12 +295,34 @@ impl Config {
         if let Some(q) = file.mqtt_queue_qos0_messages {
             c.mqtt_limits.queue_qos0_offline = q;
         }
+        if let Some(n) = args
+            .queue_messages_in_memory
+            .or(file.queue_messages_in_memory)
+        {
+            anyhow::ensure!(n > 0, "queue_messages_in_memory must be at least 1");
+            c.queue_messages_in_memory = n;
+        }
         if let Some(p) = args.fsync.clone().or(file.fsync) {
             c.fsync = match p.as_str() {
                 "always" => liebre_store::FsyncPolicy::Always,
                 "never" => liebre_store::FsyncPolicy::Never,
                 other => anyhow::bail!("fsync must be 'always' or 'never', got '{other}'"),
             };
+        }
+        let watermark = args.memory_high_watermark.clone().or(file
+            .vm_memory_high_watermark
+            .as_ref()
+            .map(NumberOrText::text));
+        if let Some(w) = watermark {
+            c.alarms.memory_high_watermark = crate::alarms::parse_watermark(&w)?;
+        }
+        let disk = args
+            .disk_free_limit
+            .clone()
+            .or(file.disk_free_limit.as_ref().map(NumberOrText::text));
+        if let Some(d) = disk {
+            c.alarms.disk_free_limit = crate::alarms::parse_bytes(&d)
+                .map_err(|e| anyhow::anyhow!("disk_free_limit: {e}"))?;
         }
         if let Some(n) = file.mqtt_receive_maximum {
             anyhow::ensure!(n > 0, "mqtt_receive_maximum must be at least 1");
@@ -306,5 +378,36 @@ mod tests {
         assert_eq!(c.mqtt, Listen::Default(1883));
         assert!(c.mqtt_limits.allow_anonymous);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn alarm_limits_from_file_and_flags() {
+        use crate::alarms::Watermark;
+        let f = parse_file("vm_memory_high_watermark = 0.4\ndisk_free_limit = \"1GB\"\n").unwrap();
+        assert_eq!(f.vm_memory_high_watermark, Some(NumberOrText::Float(0.4)));
+        let f =
+            parse_file("vm_memory_high_watermark = \"2GiB\"\ndisk_free_limit = 1000\n").unwrap();
+        assert_eq!(f.disk_free_limit, Some(NumberOrText::Int(1000)));
+        let d = Config::resolve(&ServerArgs::default()).unwrap();
+        assert_eq!(d.alarms.memory_high_watermark, Watermark::Relative(0.6));
+        assert_eq!(d.alarms.disk_free_limit, 50_000_000);
+        let args = ServerArgs {
+            memory_high_watermark: Some("2GiB".into()),
+            disk_free_limit: Some("50MB".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.alarms.memory_high_watermark, Watermark::Absolute(2 << 30));
+        assert_eq!(c.alarms.disk_free_limit, 50_000_000);
+        let bad = ServerArgs {
+            memory_high_watermark: Some("1.5".into()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(&bad).is_err());
+        let example = parse_file(EXAMPLE_CONFIG).unwrap();
+        assert_eq!(
+            example.vm_memory_high_watermark,
+            Some(NumberOrText::Float(0.6))
+        );
     }
 }

@@ -29,6 +29,10 @@ pub(crate) trait Driven {
     fn handle_input(&mut self, buf: &mut BytesMut, now: Instant);
     fn handle_timeout(&mut self, now: Instant);
     fn poll_timeout(&self) -> Option<Instant>;
+    /// Whether to read now; false while a resource alarm blocks the
+    /// connection. Bytes it left in the input buffer are fed again when
+    /// this turns true (after a wake-up and `poll_transmit`).
+    fn wants_read(&self) -> bool;
     fn poll_transmit(&mut self, out: &mut BytesMut, now: Instant) -> bool;
     fn is_closed(&self) -> bool;
     fn shutdown(&mut self, now: Instant);
@@ -45,6 +49,9 @@ impl Driven for liebre_amqp::Connection {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.poll_timeout()
+    }
+    fn wants_read(&self) -> bool {
+        self.wants_read()
     }
     fn poll_transmit(&mut self, out: &mut BytesMut, now: Instant) -> bool {
         self.poll_transmit(out, now)
@@ -72,6 +79,9 @@ impl Driven for liebre_mqtt::MqttConnection {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.poll_timeout()
+    }
+    fn wants_read(&self) -> bool {
+        self.wants_read()
     }
     fn poll_transmit(&mut self, out: &mut BytesMut, now: Instant) -> bool {
         self.poll_transmit(out, now)
@@ -151,6 +161,8 @@ pub(crate) async fn drive<C, R, W>(
     let mut outbuf = BytesMut::new();
     let mut stopping = false;
     let mut eof = false;
+    // The connection stopped taking input with bytes left in `inbuf`.
+    let mut stalled = false;
     loop {
         if outbuf.len() < OUTPUT_HIGH_WATER {
             conn.poll_transmit(&mut outbuf, Instant::now());
@@ -158,8 +170,15 @@ pub(crate) async fn drive<C, R, W>(
         if (conn.is_closed() || eof) && outbuf.is_empty() {
             break;
         }
+        if stalled && conn.wants_read() {
+            // Unblocked: what was received meanwhile goes in first.
+            conn.handle_input(&mut inbuf, Instant::now());
+            stalled = !conn.wants_read();
+            continue;
+        }
         let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
-        let can_read = !eof && !conn.is_closed() && outbuf.len() < OUTPUT_HIGH_WATER;
+        let can_read =
+            !eof && !conn.is_closed() && outbuf.len() < OUTPUT_HIGH_WATER && conn.wants_read();
         if can_read && inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
             inbuf.reserve(READ_CHUNK);
         }
@@ -177,6 +196,7 @@ pub(crate) async fn drive<C, R, W>(
                 Ok(n) => {
                     Metrics::add(&metrics.bytes_received, n as u64);
                     conn.handle_input(&mut inbuf, Instant::now());
+                    stalled = !conn.wants_read();
                 }
             },
             w = wr.write(&outbuf), if !outbuf.is_empty() => match w {
@@ -219,6 +239,7 @@ pub(crate) async fn drive_ws<C, S>(
     let mut inbuf = BytesMut::new();
     let mut outbuf = BytesMut::new();
     let mut stopping = false;
+    let mut stalled = false;
     loop {
         conn.poll_transmit(&mut outbuf, Instant::now());
         if !outbuf.is_empty() {
@@ -231,17 +252,24 @@ pub(crate) async fn drive_ws<C, S>(
         if conn.is_closed() {
             break;
         }
+        if stalled && conn.wants_read() {
+            conn.handle_input(&mut inbuf, Instant::now());
+            stalled = !conn.wants_read();
+            continue;
+        }
         let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
+        let can_read = conn.wants_read();
         tokio::select! {
             _ = token.cancelled(), if !stopping => {
                 stopping = true;
                 conn.shutdown(Instant::now());
             }
-            m = stream.next() => match m {
+            m = stream.next(), if can_read => match m {
                 Some(Ok(WsMessage::Binary(data))) => {
                     Metrics::add(&metrics.bytes_received, data.len() as u64);
                     inbuf.extend_from_slice(&data);
                     conn.handle_input(&mut inbuf, Instant::now());
+                    stalled = !conn.wants_read();
                 }
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
                 Some(Ok(WsMessage::Text(_))) => {

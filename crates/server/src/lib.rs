@@ -3,6 +3,7 @@
 //! only moves bytes between a socket and a state machine.
 //!
 //! # Layout
+//! - [`alarms`]: the memory and disk monitor that blocks publishers.
 //! - [`config`]: flags, environment and TOML file.
 //! - [`definitions`]: durable exchanges, queues and bindings in the store.
 //! - [`messages`]: persistent messages in the store's log, recovery.
@@ -13,6 +14,7 @@
 //!   close, every client is told (AMQP `connection.close` 320), tasks are
 //!   given a grace period.
 
+pub mod alarms;
 pub mod amqp;
 pub mod config;
 pub mod definitions;
@@ -56,8 +58,11 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let broker = Arc::new(Broker::default());
+        broker.set_queue_max_loaded(config.queue_messages_in_memory);
         let log_config = liebre_store::LogConfig {
             fsync: config.fsync,
+            // Bodies past each queue's in-memory budget stay on disk.
+            recovered_bodies_per_queue: config.queue_messages_in_memory,
             ..Default::default()
         };
         let data_dir = config.data_dir.clone();
@@ -139,6 +144,14 @@ impl Server {
             definitions.clone(),
             token.clone(),
         ));
+        if !config.alarms.check_interval.is_zero() {
+            tracker.spawn(alarms::monitor_loop(
+                broker.clone(),
+                config.alarms.clone(),
+                config.data_dir.clone(),
+                token.clone(),
+            ));
+        }
         if !config.sys_interval.is_zero() {
             tracker.spawn(sys_loop(mqtt.clone(), config.sys_interval, token.clone()));
         }

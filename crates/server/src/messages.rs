@@ -109,12 +109,23 @@ impl StoredMessages {
             let mut batch = Vec::with_capacity(entries.len());
             let mut bad = Vec::new();
             for (id, record) in entries {
+                let redelivered = delivered.as_ref().is_none_or(|d| d.contains(&(qid, id)));
+                let Some(record) = record else {
+                    // Past the queue's in-memory budget: read back later.
+                    batch.push(RecoveredMessage {
+                        id,
+                        message: None,
+                        published_at_ms: 0,
+                        redelivered,
+                    });
+                    continue;
+                };
                 match decode_record(&record) {
                     Some((message, published_at_ms)) => batch.push(RecoveredMessage {
                         id,
-                        message,
+                        message: Some(message),
                         published_at_ms,
-                        redelivered: delivered.as_ref().is_none_or(|d| d.contains(&(qid, id))),
+                        redelivered,
                     }),
                     None => bad.push((qid, id)),
                 }
@@ -223,6 +234,13 @@ impl MessageStore for StoredMessages {
 
     fn synced(&self) -> u64 {
         self.log.synced_lsn().0
+    }
+
+    fn read(&self, ids: &[u64]) -> Result<Vec<(u64, Bytes)>, StoreRefused> {
+        // Called with a queue lock held, on a connection task: a read of a
+        // few hundred records from the page cache or the disk. The writer
+        // never takes a queue lock, so this cannot deadlock.
+        self.log.read(ids).map_err(|e| StoreRefused(e.to_string()))
     }
 
     fn wake_when_synced(&self, lsn: u64, waker: Arc<dyn Wake>) {

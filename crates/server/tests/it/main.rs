@@ -6,6 +6,7 @@
 mod raw;
 mod support;
 
+mod alarms;
 mod basic;
 mod confirms;
 mod durable;

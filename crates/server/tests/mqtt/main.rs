@@ -6,6 +6,7 @@
 
 mod support;
 
+mod alarms;
 mod common;
 mod cross;
 mod raw;
