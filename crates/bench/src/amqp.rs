@@ -816,14 +816,18 @@ async fn declare(args: &AmqpArgs, url: &AmqpUrl, prefix: &str) -> anyhow::Result
         )
         .await
         .with_context(|| format!("declaring queue {name:?}"))?;
-        io.call(
-            Method::QueuePurge(QueuePurge {
-                queue: short(&name),
-                nowait: false,
-            }),
-            |m| matches!(m, Method::QueuePurgeOk(_)),
-        )
-        .await?;
+        // A run with producers starts from empty queues; one without
+        // drains what an earlier run (with --keep-queues) left.
+        if args.producers > 0 {
+            io.call(
+                Method::QueuePurge(QueuePurge {
+                    queue: short(&name),
+                    nowait: false,
+                }),
+                |m| matches!(m, Method::QueuePurgeOk(_)),
+            )
+            .await?;
+        }
         if !args.exchange.is_empty() {
             io.call(
                 Method::QueueBind(QueueBind {

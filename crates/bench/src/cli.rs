@@ -127,7 +127,7 @@ pub struct AmqpArgs {
     /// %2F for "/").
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2F")]
     pub url: String,
-    /// Producer connections.
+    /// Producer connections; 0 drains what an earlier run left (with --keep-queues) until nothing arrives for --drain-timeout.
     #[arg(long, default_value_t = 1)]
     pub producers: u32,
     /// Consumer connections.

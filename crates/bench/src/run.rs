@@ -554,7 +554,10 @@ pub(crate) async fn execute(
                 .map(|s| s.sent.load(Ordering::Relaxed) * s.fanout)
                 .sum();
             let idle = now.saturating_sub(last_change) >= load.drain_timeout;
-            if consumer_tasks.is_empty() || consumed >= expected || idle {
+            // With no producers the run drains what is already queued:
+            // it ends once nothing has arrived for --drain-timeout.
+            let drain_only = shared.producers.is_empty();
+            if consumer_tasks.is_empty() || (!drain_only && consumed >= expected) || idle {
                 shared.stop.cancel();
                 break;
             }
