@@ -180,11 +180,20 @@ pub struct User {
     pub permissions: HashMap<String, Permission>,
 }
 
+/// Told about every change to a user (the server keeps users in its
+/// store through this). Called after the change, with no lock held.
+pub trait AuthObserver: Send + Sync + std::fmt::Debug {
+    /// `name` now is `user` (its password hash, tags and permissions), or
+    /// was deleted (`None`).
+    fn user_changed(&self, name: &str, user: Option<&User>);
+}
+
 /// The user database.
 #[derive(Debug)]
 pub struct AuthStore {
     users: RwLock<HashMap<String, User>>,
     loopback_users: RwLock<Vec<String>>,
+    observer: std::sync::OnceLock<std::sync::Arc<dyn AuthObserver>>,
 }
 
 impl Default for AuthStore {
@@ -207,6 +216,25 @@ impl AuthStore {
         Self {
             users: RwLock::new(HashMap::new()),
             loopback_users: RwLock::new(Vec::new()),
+            observer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Report every change from now on to `observer` (set once).
+    pub fn set_observer(&self, observer: std::sync::Arc<dyn AuthObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Replace every user with `users` (as loaded from a store); not
+    /// reported to the observer.
+    pub fn replace_all(&self, users: Vec<User>) {
+        *self.users.write() = users.into_iter().map(|u| (u.name.clone(), u)).collect();
+    }
+
+    fn changed(&self, name: &str) {
+        if let Some(o) = self.observer.get() {
+            let user = self.user(name);
+            o.user_changed(name, user.as_ref());
         }
     }
 
@@ -261,20 +289,23 @@ impl AuthStore {
     /// Create or replace a user with an already hashed password, keeping
     /// its permissions if it existed.
     pub fn put_user(&self, name: &str, password_hash: PasswordHash, tags: Vec<String>) {
-        let mut users = self.users.write();
-        let permissions = users
-            .remove(name)
-            .map(|u| u.permissions)
-            .unwrap_or_default();
-        users.insert(
-            name.to_owned(),
-            User {
-                name: name.to_owned(),
-                password_hash,
-                tags,
-                permissions,
-            },
-        );
+        {
+            let mut users = self.users.write();
+            let permissions = users
+                .remove(name)
+                .map(|u| u.permissions)
+                .unwrap_or_default();
+            users.insert(
+                name.to_owned(),
+                User {
+                    name: name.to_owned(),
+                    password_hash,
+                    tags,
+                    permissions,
+                },
+            );
+        }
+        self.changed(name);
     }
 
     /// Remove a user.
@@ -283,26 +314,34 @@ impl AuthStore {
             .write()
             .remove(name)
             .map(|_| ())
-            .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))
+            .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))?;
+        self.changed(name);
+        Ok(())
     }
 
     /// Change a user's password.
     pub fn change_password(&self, name: &str, password: &str) -> Result<(), AuthError> {
-        let mut users = self.users.write();
-        let u = users
-            .get_mut(name)
-            .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))?;
-        u.password_hash = PasswordHash::new(password);
+        {
+            let mut users = self.users.write();
+            let u = users
+                .get_mut(name)
+                .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))?;
+            u.password_hash = PasswordHash::new(password);
+        }
+        self.changed(name);
         Ok(())
     }
 
     /// Replace a user's tags.
     pub fn set_user_tags(&self, name: &str, tags: Vec<String>) -> Result<(), AuthError> {
-        let mut users = self.users.write();
-        let u = users
-            .get_mut(name)
-            .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))?;
-        u.tags = tags;
+        {
+            let mut users = self.users.write();
+            let u = users
+                .get_mut(name)
+                .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))?;
+            u.tags = tags;
+        }
+        self.changed(name);
         Ok(())
     }
 
@@ -313,28 +352,40 @@ impl AuthStore {
         vhost: &str,
         perm: Permission,
     ) -> Result<(), AuthError> {
-        let mut users = self.users.write();
-        let u = users
-            .get_mut(name)
-            .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))?;
-        u.permissions.insert(vhost.to_owned(), perm);
+        {
+            let mut users = self.users.write();
+            let u = users
+                .get_mut(name)
+                .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))?;
+            u.permissions.insert(vhost.to_owned(), perm);
+        }
+        self.changed(name);
         Ok(())
     }
 
     /// Remove a user's permissions in a vhost.
     pub fn clear_permissions(&self, name: &str, vhost: &str) -> Result<(), AuthError> {
-        let mut users = self.users.write();
-        let u = users
-            .get_mut(name)
-            .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))?;
-        u.permissions.remove(vhost);
+        {
+            let mut users = self.users.write();
+            let u = users
+                .get_mut(name)
+                .ok_or_else(|| AuthError::NoSuchUser(name.to_owned()))?;
+            u.permissions.remove(vhost);
+        }
+        self.changed(name);
         Ok(())
     }
 
     /// Remove every user's permissions in a vhost (the vhost was deleted).
     pub fn clear_vhost(&self, vhost: &str) {
-        for u in self.users.write().values_mut() {
-            u.permissions.remove(vhost);
+        let touched: Vec<String> = self
+            .users
+            .write()
+            .values_mut()
+            .filter_map(|u| u.permissions.remove(vhost).map(|_| u.name.clone()))
+            .collect();
+        for name in touched {
+            self.changed(&name);
         }
     }
 

@@ -125,10 +125,13 @@ impl Broker {
 
     /// Create a vhost (no-op if it exists); returns it.
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
-        self.vhosts
+        let mut created = false;
+        let v = self
+            .vhosts
             .write()
             .entry(name.to_owned())
             .or_insert_with(|| {
+                created = true;
                 let v = VHost::new(name, self.clock.clone(), self.metrics.clone());
                 if let Some(d) = self.definitions.get() {
                     v.set_definitions(d.clone());
@@ -139,7 +142,11 @@ impl Broker {
                 v.set_queue_max_loaded(self.max_loaded.load(Ordering::Relaxed) as usize);
                 v
             })
-            .clone()
+            .clone();
+        if let (true, Some(d)) = (created, self.definitions.get()) {
+            d.vhost_added(name);
+        }
+        v
     }
 
     /// Delete a vhost and everything in it.
@@ -147,6 +154,9 @@ impl Broker {
         let v = self.vhosts.write().remove(name)?;
         for q in v.queues() {
             v.delete_queue_unchecked(q.name());
+        }
+        if let Some(d) = self.definitions.get() {
+            d.vhost_deleted(name);
         }
         Some(v)
     }

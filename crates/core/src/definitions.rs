@@ -23,4 +23,8 @@ pub trait Definitions: Send + Sync + std::fmt::Debug {
     fn binding_added(&self, vhost: &str, source: &str, binding: &Binding);
     /// A binding between durable ends was removed from exchange `source`.
     fn binding_removed(&self, vhost: &str, source: &str, binding: &Binding);
+    /// A vhost was created.
+    fn vhost_added(&self, _name: &str) {}
+    /// A vhost was deleted (with everything in it).
+    fn vhost_deleted(&self, _name: &str) {}
 }

@@ -65,6 +65,21 @@ impl StoredDefinitions {
 
     /// Recreate every stored definition in `broker`.
     pub fn load_into(&self, broker: &Broker) -> anyhow::Result<()> {
+        let stored_vhosts = self.scan(Table::Vhosts)?;
+        if stored_vhosts.is_empty() {
+            // First start on this data directory: keep the default vhost.
+            for v in broker.vhosts() {
+                self.put(Table::Vhosts, v.name(), &json!({ "name": v.name() }));
+            }
+        } else {
+            let names: Vec<&str> = stored_vhosts.iter().map(|(k, _)| k.as_str()).collect();
+            for name in &names {
+                broker.add_vhost(name);
+            }
+            if !names.contains(&"/") {
+                broker.delete_vhost("/"); // an operator deleted it
+            }
+        }
         let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
         for (k, v) in self.scan(Table::Exchanges)? {
             let d: Value = serde_json::from_slice(&v).with_context(|| format!("exchange {k}"))?;
@@ -211,7 +226,117 @@ fn binding_key(vhost: &str, source: &str, b: &Binding) -> (String, Value) {
     (key(vhost, &id), v)
 }
 
+impl StoredDefinitions {
+    /// Load the stored users into `auth` (on a first start, store the
+    /// default ones instead), then keep every change to them.
+    pub fn attach_users(self: &Arc<Self>, auth: &liebre_auth::AuthStore) -> anyhow::Result<()> {
+        let rows = self.scan(Table::Users)?;
+        if rows.is_empty() {
+            for u in auth.users() {
+                self.save_user(&u);
+            }
+        } else {
+            let mut users = Vec::with_capacity(rows.len());
+            for (k, v) in rows {
+                let d: Value = serde_json::from_slice(&v).with_context(|| format!("user {k}"))?;
+                match user_from_json(&d) {
+                    Ok(u) => users.push(u),
+                    Err(e) => error!(message = "Stored user not restored.", user = %k, error = %e),
+                }
+            }
+            info!(message = "Users restored.", users = users.len());
+            auth.replace_all(users);
+        }
+        auth.set_observer(self.clone());
+        Ok(())
+    }
+
+    fn save_user(&self, u: &liebre_auth::User) {
+        let permissions: Map<String, Value> = u
+            .permissions
+            .iter()
+            .map(|(vhost, p)| {
+                (
+                    vhost.clone(),
+                    json!({ "configure": p.configure, "write": p.write, "read": p.read }),
+                )
+            })
+            .collect();
+        let v = json!({
+            "name": u.name,
+            "password_hash": u.password_hash.to_base64(),
+            "hashing_algorithm": "rabbit_password_hashing_sha256",
+            "tags": u.tags,
+            "permissions": permissions,
+        });
+        self.put(Table::Users, &u.name, &v);
+    }
+
+    /// Remove every row of `vhost` from a table keyed by [`key`].
+    fn delete_vhost_rows(&self, table: Table, vhost: &str) {
+        let Some(rows) = self.with_meta(|m| m.scan_prefix(table, &vhost_prefix(vhost))) else {
+            return;
+        };
+        for (k, _) in rows {
+            self.delete(table, &k);
+        }
+    }
+}
+
+fn user_from_json(d: &Value) -> anyhow::Result<liebre_auth::User> {
+    let mut permissions = std::collections::HashMap::new();
+    if let Some(m) = d["permissions"].as_object() {
+        for (vhost, p) in m {
+            let perm = liebre_auth::Permission::new(
+                str_of(p, "configure"),
+                str_of(p, "write"),
+                str_of(p, "read"),
+            )?;
+            permissions.insert(vhost.clone(), perm);
+        }
+    }
+    Ok(liebre_auth::User {
+        name: str_of(d, "name").to_owned(),
+        password_hash: liebre_auth::PasswordHash::from_base64(str_of(d, "password_hash"))?,
+        tags: d["tags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        permissions,
+    })
+}
+
+impl liebre_auth::AuthObserver for StoredDefinitions {
+    fn user_changed(&self, name: &str, user: Option<&liebre_auth::User>) {
+        match user {
+            Some(u) => self.save_user(u),
+            None => self.delete(Table::Users, name),
+        }
+    }
+}
+
 impl liebre_core::Definitions for StoredDefinitions {
+    fn vhost_added(&self, name: &str) {
+        self.put(Table::Vhosts, name, &json!({ "name": name }));
+    }
+
+    fn vhost_deleted(&self, name: &str) {
+        self.delete(Table::Vhosts, name);
+        for table in [
+            Table::Exchanges,
+            Table::Queues,
+            Table::Bindings,
+            Table::Retained,
+            Table::MqttSessions,
+        ] {
+            self.delete_vhost_rows(table, name);
+        }
+    }
+
     fn exchange_declared(&self, vhost: &str, ex: &Exchange) {
         let o = ex.options();
         let v = json!({

@@ -76,6 +76,7 @@ impl Server {
             .context("restoring durable data")??;
         let auth = Arc::new(AuthStore::default());
         auth.set_loopback_users(config.loopback_users.clone());
+        definitions.attach_users(&auth).context("restoring users")?;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
 
