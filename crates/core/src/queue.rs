@@ -245,6 +245,10 @@ enum Body {
         size: u32,
         /// Its priority level.
         priority: u8,
+        /// Recovered at startup without its body: a transient message
+        /// found when it is read back was only paged out before the
+        /// restart, and goes.
+        recovered: bool,
     },
 }
 
@@ -621,11 +625,25 @@ impl Queue {
             st.next_seq += 1;
             st.stats.published += 1;
             // Past the in-memory budget a stored message keeps only its
-            // place in the queue; its body is read back near the head.
-            let body = if stored.is_some() && st.ready.loaded >= self.max_loaded {
+            // place in the queue; its body is read back near the head. A
+            // transient one is written to the store for this queue only
+            // to be paged out (recovery drops it).
+            let mut stored = stored;
+            let over = st.ready.loaded >= self.max_loaded;
+            if over && stored.is_none() {
+                if let Some(qs) = &self.store {
+                    let record = crate::persistence::encode_record(
+                        &message,
+                        crate::persistence::unix_millis_now(),
+                    );
+                    stored = qs.store.append(&[qs.id], record).ok().map(|s| s.id);
+                }
+            }
+            let body = if over && stored.is_some() {
                 Body::Paged {
                     size: u32::try_from(size).unwrap_or(u32::MAX),
                     priority: message.properties.priority.unwrap_or(0),
+                    recovered: false,
                 }
             } else {
                 Body::Loaded(message)
@@ -668,6 +686,11 @@ impl Queue {
             let mut st = self.state.lock();
             for r in messages {
                 let (body, expires_at) = match r.message {
+                    // Transient: it was in the store only to be paged out.
+                    Some(m) if !m.is_persistent() => {
+                        self.gone(&mut out, Some(r.id));
+                        continue;
+                    }
                     Some(m) => {
                         let expires_at = self.ttl(&m).map(|t| {
                             now + crate::persistence::remaining(t, r.published_at_ms, now_ms)
@@ -678,6 +701,7 @@ impl Queue {
                             Body::Paged {
                                 size: u32::try_from(m.body.len()).unwrap_or(u32::MAX),
                                 priority: m.properties.priority.unwrap_or(0),
+                                recovered: false,
                             }
                         };
                         (body, expires_at)
@@ -688,6 +712,7 @@ impl Queue {
                         Body::Paged {
                             size: 0,
                             priority: 0,
+                            recovered: true,
                         },
                         None,
                     ),
@@ -1120,9 +1145,20 @@ impl Queue {
                 .and_then(|id| records.get(&id))
                 .and_then(crate::persistence::decode_record);
             let Some((m, published_at_ms)) = decoded else {
-                missing.push(i);
+                missing.push((i, true));
                 continue;
             };
+            if matches!(
+                e.body,
+                Body::Paged {
+                    recovered: true,
+                    ..
+                }
+            ) && !m.is_persistent()
+            {
+                missing.push((i, false)); // paged out before a restart only
+                continue;
+            }
             if e.expires_at.is_none() {
                 e.expires_at = self
                     .ttl(&m)
@@ -1135,9 +1171,11 @@ impl Queue {
         }
         st.ready.loaded += loaded;
         st.ready.bytes = st.ready.bytes + bytes_in - bytes_out;
-        for &i in missing.iter().rev() {
+        for &(i, unexpected) in missing.iter().rev() {
             if let Some(e) = st.ready.levels[l].remove(i) {
-                tracing::error!(message = "A paged-out message could not be read back; dropped.", queue = %self.name, id = ?e.stored);
+                if unexpected {
+                    tracing::error!(message = "A paged-out message could not be read back; dropped.", queue = %self.name, id = ?e.stored);
+                }
                 st.ready.len -= 1;
                 st.ready.bytes -= e.size();
                 self.gone(out, e.stored);
