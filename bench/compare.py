@@ -229,6 +229,7 @@ def main():
         liebre.send_signal(signal.SIGTERM)
         liebre.wait(timeout=15)
         shutil.rmtree(data, ignore_errors=True)
+        subprocess.run([os.path.join(ROOT, "tests/python/run_rabbitmq.sh"), "stop"], capture_output=True)
 
     print("| load | broker | msg/s (median) | p99 µs (median) | broker CPU s per 1M msgs | throughput ratio | efficiency ratio | p99 ratio |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
