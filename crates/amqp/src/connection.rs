@@ -109,9 +109,12 @@ pub struct Connection {
     deadline: Option<Instant>,
     user: String,
     vhost: Option<Arc<VHost>>,
-    channels: HashMap<u16, Channel>,
+    /// Boxed: a `Channel` is large, and the map keeps room for several.
+    channels: HashMap<u16, Box<Channel>>,
     outbox: Arc<Outbox>,
-    client_properties: FieldTable,
+    /// What the client announced in `capabilities` of its
+    /// `connection.start-ok` (the rest of its properties is not kept).
+    capabilities: Capabilities,
     close_reason: Option<String>,
     /// The store position this connection asked to be woken at.
     sync_wait: u64,
@@ -155,7 +158,7 @@ impl Connection {
             vhost: None,
             channels: HashMap::new(),
             outbox,
-            client_properties: FieldTable::default(),
+            capabilities: Capabilities::default(),
             close_reason: None,
             sync_wait: 0,
             throttle: Throttle::default(),
@@ -177,11 +180,6 @@ impl Connection {
     /// The vhost, once opened.
     pub fn vhost(&self) -> Option<&Arc<VHost>> {
         self.vhost.as_ref()
-    }
-
-    /// Properties the client sent in `connection.start-ok`.
-    pub fn client_properties(&self) -> &FieldTable {
-        &self.client_properties
     }
 
     /// Why the connection ended, if it did.
@@ -313,6 +311,14 @@ impl Connection {
         true
     }
 
+    /// Give back the output buffer's memory if it is empty (the caller's
+    /// connection went quiet).
+    pub fn trim(&mut self) {
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
+    }
+
     /// The socket is gone (EOF or error): release everything.
     pub fn handle_disconnect(&mut self) {
         self.release_all();
@@ -384,7 +390,7 @@ impl Connection {
             return;
         }
         debug!(message = "Connection blocked by a resource alarm.", peer = %self.peer, reason = %alarms.reason_text());
-        if client_capability(&self.client_properties, "connection.blocked") {
+        if self.capabilities.connection_blocked {
             let m = Method::ConnectionBlocked(codec::ConnectionBlocked {
                 reason: short(&alarms.reason_text()),
             });
@@ -544,7 +550,13 @@ impl Connection {
             }
         };
         let failure_close = client_capability(&m.client_properties, "authentication_failure_close");
-        self.client_properties = m.client_properties;
+        self.capabilities = Capabilities {
+            connection_blocked: client_capability(&m.client_properties, "connection.blocked"),
+            consumer_cancel_notify: client_capability(
+                &m.client_properties,
+                "consumer_cancel_notify",
+            ),
+        };
         let refused = format!(
             "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
             m.mechanism
@@ -721,7 +733,7 @@ impl Connection {
             if self.channels.contains_key(&ch) {
                 return Err(AmqpError::channel_error("second 'channel.open' seen"));
             }
-            self.channels.insert(ch, Channel::new());
+            self.channels.insert(ch, Box::new(Channel::new()));
             self.write_method(ch, &Method::ChannelOpenOk);
             return Ok(());
         }
@@ -998,6 +1010,7 @@ impl Connection {
     fn channel_mut(&mut self, ch: u16) -> Result<&mut Channel, AmqpError> {
         self.channels
             .get_mut(&ch)
+            .map(|c| &mut **c)
             .ok_or_else(|| AmqpError::channel_error("expected 'channel.open'"))
     }
 
@@ -1080,7 +1093,7 @@ impl Connection {
     fn basic_consume(&mut self, ch: u16, m: codec::BasicConsume) -> Result<(), AmqpError> {
         let vhost = self.open_vhost()?;
         let id = self.ctx.broker.next_id();
-        let cancel_notify = client_capability(&self.client_properties, "consumer_cancel_notify");
+        let cancel_notify = self.capabilities.consumer_cancel_notify;
         let queue = if &*m.queue == "amq.rabbitmq.reply-to" {
             if !m.no_ack {
                 return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
@@ -1580,6 +1593,13 @@ impl Connection {
         self.release_channel_state(ch);
         self.channels.remove(&ch);
     }
+}
+
+/// The client capabilities the connection acts on.
+#[derive(Debug, Default, Clone, Copy)]
+struct Capabilities {
+    connection_blocked: bool,
+    consumer_cancel_notify: bool,
 }
 
 /// Whether the client announced `name` in its `capabilities` table.

@@ -24,7 +24,7 @@ use tracing::debug;
 use crate::mapping::{self, MQTT_EXCHANGE};
 use crate::session::{
     publish_will, ConnectionHandle, InFlight, MqttConsumer, MqttEvent, MqttOutbox, PendingWill,
-    Session, Sessions, Subscription, WakeDebug,
+    Session, Sessions, Subscription,
 };
 
 /// MQTT limits and policies.
@@ -97,6 +97,22 @@ enum State {
     Closed,
 }
 
+/// Acknowledgements waiting for the store.
+#[derive(Default)]
+struct HeldAcks {
+    /// Each with the store position it waits for.
+    acks: VecDeque<(u64, Packet)>,
+    /// The store position this connection asked to be woken at.
+    sync_wait: u64,
+}
+
+/// Topic aliases of an MQTT 5 connection, both ways.
+#[derive(Default)]
+struct Aliases {
+    incoming: HashMap<u16, Str>,
+    outgoing: HashMap<String, u16>,
+}
+
 struct Will {
     message: Arc<Message>,
     topic: String,
@@ -107,59 +123,47 @@ struct Will {
 /// One MQTT client connection.
 pub struct MqttConnection {
     ctx: Arc<MqttContext>,
-    id: u64,
     peer: SocketAddr,
     state: State,
     protocol: Protocol,
     out: BytesMut,
-    keep_alive: Duration,
+    /// Keep alive, seconds (0: none).
+    keep_alive: u16,
+    /// When the last bytes came; before CONNECT, when the connection was
+    /// opened (the CONNECT deadline counts from there).
     last_rx: Instant,
-    connect_deadline: Option<Instant>,
-    client_id: String,
-    user: String,
+    /// Shared with the session (none before CONNECT).
+    client_id: Option<Arc<str>>,
+    user: Box<str>,
     vhost: Option<Arc<VHost>>,
     session: Option<Arc<Mutex<Session>>>,
     handle: Arc<ConnectionHandle>,
-    outbox: Arc<MqttOutbox>,
+    /// Deliveries for this connection; made with its first consumer.
+    outbox: Option<Arc<MqttOutbox>>,
     consumers: Vec<Arc<MqttConsumer>>,
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     client_receive_max: u16,
     client_max_packet: u32,
     client_alias_max: u16,
-    aliases_in: HashMap<u16, Str>,
-    aliases_out: HashMap<String, u16>,
+    /// Topic aliases in use (MQTT 5 only), made when first needed.
+    aliases: Option<Box<Aliases>>,
     problem_info: bool,
     may_publish: Option<bool>,
-    close_reason: Option<String>,
+    close_reason: Option<Box<str>>,
     /// PUBACK/PUBREC held until the store has the message on disk, with
     /// the store position each waits for; in the order the PUBLISHes came
     /// (MQTT 4.6: acknowledgements go out in that order).
-    held_acks: VecDeque<(u64, Packet)>,
-    /// The store position this connection asked to be woken at.
-    sync_wait: u64,
+    /// (Allocated only while some are held.)
+    held_acks: Option<Box<HeldAcks>>,
     /// Stopped reading: a PUBLISH came while a resource alarm was on.
     throttle: liebre_core::Throttle,
-}
-
-struct WakerBox(Arc<dyn Wake>);
-
-impl Wake for WakerBox {
-    fn wake(&self) {
-        self.0.wake()
-    }
-}
-
-impl std::fmt::Debug for WakerBox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WakerBox")
-    }
 }
 
 impl std::fmt::Debug for MqttConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttConnection")
-            .field("id", &self.id)
-            .field("client_id", &self.client_id)
+            .field("id", &self.handle.id)
+            .field("client_id", &self.client_id())
             .finish()
     }
 }
@@ -177,43 +181,34 @@ impl MqttConnection {
         now: Instant,
     ) -> Self {
         let id = ctx.broker.next_id();
-        let outbox = Arc::new(MqttOutbox::new(
-            waker.clone(),
-            ctx.config.outbox_max_len,
-            ctx.config.outbox_max_bytes,
-        ));
         let handle = Arc::new(ConnectionHandle {
             id,
             kicked: Default::default(),
-            waker: Arc::new(WakerBox(waker)) as Arc<dyn WakeDebug>,
+            waker,
         });
         Self {
-            id,
             peer,
             state: State::Connect,
             protocol: Protocol::V311,
             out: BytesMut::new(),
-            keep_alive: Duration::ZERO,
+            keep_alive: 0,
             last_rx: now,
-            connect_deadline: Some(now + ctx.config.connect_timeout),
-            client_id: String::new(),
-            user: String::new(),
+            client_id: None,
+            user: Box::default(),
             vhost: None,
             session: None,
             handle,
-            outbox,
+            outbox: None,
             consumers: Vec::new(),
             will: None,
             client_receive_max: 65535,
             client_max_packet: u32::MAX,
             client_alias_max: 0,
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases: None,
             problem_info: true,
             may_publish: None,
             close_reason: None,
-            held_acks: VecDeque::new(),
-            sync_wait: 0,
+            held_acks: None,
             throttle: Default::default(),
             ctx,
         }
@@ -221,12 +216,12 @@ impl MqttConnection {
 
     /// Broker-wide connection id.
     pub fn id(&self) -> u64 {
-        self.id
+        self.handle.id
     }
 
     /// The client identifier ("" before CONNECT).
     pub fn client_id(&self) -> &str {
-        &self.client_id
+        self.client_id.as_deref().unwrap_or_default()
     }
 
     /// Why the connection ended.
@@ -253,7 +248,7 @@ impl MqttConnection {
 
     /// Feed received bytes; every complete packet is handled.
     pub fn handle_input(&mut self, buf: &mut BytesMut, now: Instant) {
-        if !buf.is_empty() {
+        if !buf.is_empty() && self.state != State::Connect {
             self.last_rx = now;
         }
         while self.state != State::Closed {
@@ -263,7 +258,7 @@ impl MqttConnection {
                     || (buf.first().is_some_and(|b| b >> 4 == 3)
                         && self
                             .throttle
-                            .publish_received(self.ctx.broker.alarms(), self.outbox.waker())))
+                            .publish_received(self.ctx.broker.alarms(), &self.handle.waker)))
             {
                 return;
             }
@@ -354,25 +349,35 @@ impl MqttConnection {
 
     /// Advance time: keepalive and the CONNECT deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.state == State::Connect && self.connect_deadline.is_some_and(|d| now >= d) {
+        if self.state == State::Connect && now >= self.connect_deadline() {
             self.finish("no CONNECT in time", now);
             return;
         }
         if self.state == State::Connected
-            && !self.keep_alive.is_zero()
+            && self.keep_alive != 0
             && !self.throttle.is_blocked()
-            && now >= self.last_rx + self.keep_alive * 3 / 2
+            && now >= self.last_rx + self.keep_alive_grace()
         {
             self.disconnect_with(0x8D, "keep alive timeout", now);
         }
     }
 
+    /// When CONNECT must have come by.
+    fn connect_deadline(&self) -> Instant {
+        self.last_rx + self.ctx.config.connect_timeout
+    }
+
+    /// How long the client may stay silent: one and a half keep alives.
+    fn keep_alive_grace(&self) -> Duration {
+        Duration::from_millis(u64::from(self.keep_alive) * 1500)
+    }
+
     /// The next instant [`MqttConnection::handle_timeout`] has work at.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Connect => self.connect_deadline,
-            State::Connected if !self.keep_alive.is_zero() && !self.throttle.is_blocked() => {
-                Some(self.last_rx + self.keep_alive * 3 / 2)
+            State::Connect => Some(self.connect_deadline()),
+            State::Connected if self.keep_alive != 0 && !self.throttle.is_blocked() => {
+                Some(self.last_rx + self.keep_alive_grace())
             }
             _ => None,
         }
@@ -404,6 +409,14 @@ impl MqttConnection {
         true
     }
 
+    /// Give back the output buffer's memory if it is empty (the caller's
+    /// connection went quiet).
+    pub fn trim(&mut self) {
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
+    }
+
     /// The socket is gone (EOF or error).
     pub fn handle_disconnect(&mut self, now: Instant) {
         if self.state != State::Closed {
@@ -426,14 +439,14 @@ impl MqttConnection {
         self.state = State::Closed;
         self.throttle.release();
         if self.close_reason.is_none() {
-            self.close_reason = Some(why.to_owned());
+            self.close_reason = Some(why.into());
         }
         // Detach first, then send back what was not written: a requeued
         // message must not land in this dead connection's outbox again.
         for c in self.consumers.drain(..) {
             c.queue.remove_consumer(c.id);
         }
-        for ev in self.outbox.drain() {
+        for ev in self.outbox.as_ref().map(|o| o.drain()).unwrap_or_default() {
             let MqttEvent::Deliver(d, c) = ev;
             c.release(1);
             d.queue.requeue(vec![(&d).into()]);
@@ -444,6 +457,7 @@ impl MqttConnection {
         let taken_over = self.handle.kicked.load(Ordering::Acquire) != 0;
         if let Some(session) = self.session.take() {
             if let Some(w) = self.will.take() {
+                let w = *w;
                 let mut s = session.lock();
                 let delay = w.delay.min(s.expiry);
                 let pending = PendingWill {
@@ -457,14 +471,17 @@ impl MqttConnection {
                 } else if !taken_over {
                     // Published by the session registry when due, or when
                     // the session ends; cancelled if the client returns.
-                    s.pending_will = Some(pending);
+                    s.pending_will = Some(Box::new(pending));
                 }
                 // Taken over with a delay: the session goes on with the new
                 // connection, so the will is never sent (5.0 §3.1.3.2.2).
             }
-            self.ctx
-                .sessions
-                .detach(&session, self.id, now, self.ctx.config.queue_qos0_offline);
+            self.ctx.sessions.detach(
+                &session,
+                self.handle.id,
+                now,
+                self.ctx.config.queue_qos0_offline,
+            );
         }
     }
 
@@ -583,7 +600,7 @@ impl MqttConnection {
     fn connect(&mut self, c: Connect, now: Instant) -> Result<(), Fatal> {
         self.protocol = c.protocol;
         let v5 = c.protocol == Protocol::V5;
-        self.connect_deadline = None;
+        self.last_rx = now;
         // Client identifier rules.
         let mut assigned = None;
         let client_id = if c.client_id.is_empty() {
@@ -645,8 +662,7 @@ impl MqttConnection {
         if !self.ctx.auth.can_access_vhost(&user, &vhost_name) {
             return self.connack_fail(0x05, 0x87, "not authorised for the vhost", now);
         }
-        self.user = user;
-        self.client_id = client_id.clone();
+        self.user = user.into();
         // Keepalive, capped.
         let max_ka = self.ctx.config.max_keepalive;
         let ka = if c.keep_alive > max_ka || (c.keep_alive == 0 && max_ka != u16::MAX) {
@@ -654,7 +670,7 @@ impl MqttConnection {
         } else {
             c.keep_alive
         };
-        self.keep_alive = Duration::from_secs(u64::from(ka));
+        self.keep_alive = ka;
         // Client limits.
         if v5 {
             self.client_receive_max = c.properties.receive_maximum.unwrap_or(65535);
@@ -680,24 +696,25 @@ impl MqttConnection {
                 w.retain,
                 w.payload.clone(),
                 v5.then_some(&w.properties),
-                self.id,
+                self.handle.id,
             );
-            self.will = Some(Will {
+            self.will = Some(Box::new(Will {
                 message: Arc::new(msg),
                 topic: w.topic.to_string(),
                 retain: w.retain,
                 delay: Duration::from_secs(u64::from(
                     w.properties.will_delay_interval.unwrap_or(0),
                 )),
-            });
+            }));
         }
         // Session.
         let attached = match self.ctx.sessions.attach(
             &vhost,
             &client_id,
             c.clean_start,
+            expiry.is_zero(),
             self.handle.clone(),
-            self.id,
+            self.handle.id,
             self.ctx.config.max_queued_messages,
         ) {
             Ok(a) => a,
@@ -705,6 +722,7 @@ impl MqttConnection {
         };
         {
             let mut s = attached.session.lock();
+            self.client_id = Some(s.client_id.clone());
             s.expiry = expiry;
             // Reconnecting in time cancels a delayed will.
             s.pending_will = None;
@@ -748,7 +766,7 @@ impl MqttConnection {
         let Some(session) = &self.session else { return };
         let queues: Vec<Arc<liebre_core::Queue>> = {
             let s = session.lock();
-            let mut qs = vec![s.queue.clone()];
+            let mut qs: Vec<_> = s.queue.iter().cloned().collect();
             for (filter, sub) in &s.subscriptions {
                 if let Some(g) = &sub.share {
                     if let Some(q) = s.vhost.queue(&shared_queue_name(g, filter)) {
@@ -768,15 +786,20 @@ impl MqttConnection {
             return;
         }
         let id = self.ctx.broker.next_id();
-        let c = MqttConsumer::new(
-            id,
-            q.clone(),
-            u32::from(self.client_receive_max),
-            self.outbox.clone(),
-        );
+        let outbox = self
+            .outbox
+            .get_or_insert_with(|| {
+                Arc::new(MqttOutbox::new(
+                    self.handle.waker.clone(),
+                    self.ctx.config.outbox_max_len,
+                    self.ctx.config.outbox_max_bytes,
+                ))
+            })
+            .clone();
+        let c = MqttConsumer::new(id, q.clone(), u32::from(self.client_receive_max), outbox);
         let added = q.add_consumer(Consumer {
             id,
-            tag: liebre_amqp_codec::ShortStr::from(format!("mqtt-{}", self.client_id)),
+            tag: liebre_amqp_codec::ShortStr::from(format!("mqtt-{}", self.client_id())),
             no_ack: false,
             exclusive: false,
             priority: 0,
@@ -818,13 +841,14 @@ impl MqttConnection {
                 if alias == 0 || alias > self.ctx.config.topic_alias_maximum {
                     return Err(Fatal(0x94, format!("topic alias {alias} out of range")));
                 }
+                let aliases = self.aliases.get_or_insert_with(Default::default);
                 if p.topic.is_empty() {
-                    match self.aliases_in.get(&alias) {
+                    match aliases.incoming.get(&alias) {
                         Some(t) => t.clone(),
                         None => return Err(Fatal(0x82, format!("unknown topic alias {alias}"))),
                     }
                 } else {
-                    self.aliases_in.insert(alias, p.topic.clone());
+                    aliases.incoming.insert(alias, p.topic.clone());
                     p.topic.clone()
                 }
             }
@@ -884,7 +908,7 @@ impl MqttConnection {
                 p.retain,
                 p.payload.clone(),
                 v5.then_some(&p.properties),
-                self.id,
+                self.handle.id,
             );
             let msg = Arc::new(msg);
             if p.retain {
@@ -935,10 +959,13 @@ impl MqttConnection {
     /// Send a PUBACK/PUBREC now, or once the store has synced `lsn` (and
     /// every acknowledgement held before it has gone).
     fn send_ack(&mut self, lsn: u64, p: Packet) {
-        if self.held_acks.is_empty() && lsn <= self.synced() {
+        if self.held_acks.is_none() && lsn <= self.synced() {
             self.send(p);
         } else {
-            self.held_acks.push_back((lsn, p));
+            self.held_acks
+                .get_or_insert_with(Default::default)
+                .acks
+                .push_back((lsn, p));
             self.release_acks();
         }
     }
@@ -953,34 +980,38 @@ impl MqttConnection {
     /// Send the held acknowledgements whose messages are on disk; ask the
     /// store to wake the connection for the rest.
     fn release_acks(&mut self) {
-        if self.held_acks.is_empty() {
+        let Some(mut held) = self.held_acks.take() else {
             return;
-        }
+        };
         let synced = self.synced();
-        while let Some((lsn, _)) = self.held_acks.front() {
+        while let Some((lsn, _)) = held.acks.front() {
             if *lsn > synced {
                 break;
             }
-            if let Some((_, p)) = self.held_acks.pop_front() {
+            if let Some((_, p)) = held.acks.pop_front() {
                 self.send(p);
             }
         }
-        let wait = self.held_acks.back().map_or(0, |(lsn, _)| *lsn);
-        if wait > self.sync_wait {
+        let Some(&(wait, _)) = held.acks.back() else {
+            return; // all sent: the box goes
+        };
+        if wait > held.sync_wait {
             if let Some(store) = self.vhost.as_ref().and_then(|v| v.store()) {
-                self.sync_wait = wait;
-                store.wake_when_synced(wait, self.outbox.waker().clone());
+                held.sync_wait = wait;
+                store.wake_when_synced(wait, self.handle.waker.clone());
             }
         }
+        self.held_acks = Some(held);
     }
 
     // ---- publish out -----------------------------------------------------
 
     fn drain_outbox(&mut self, now: Instant) {
-        if self.outbox.is_empty() || self.state != State::Connected {
+        let Some(outbox) = &self.outbox else { return };
+        if outbox.is_empty() || self.state != State::Connected {
             return;
         }
-        for ev in self.outbox.drain() {
+        for ev in outbox.drain() {
             let MqttEvent::Deliver(d, c) = ev;
             self.deliver(d, c, now);
         }
@@ -1001,7 +1032,7 @@ impl MqttConnection {
             let mut any_local_ok = false;
             let mut rap = false;
             let mut ids = Vec::new();
-            let shared_queue = !Arc::ptr_eq(&d.queue, &s.queue);
+            let shared_queue = s.queue.as_ref().is_none_or(|q| !Arc::ptr_eq(&d.queue, q));
             for (filter, sub) in &s.subscriptions {
                 if sub.share.is_some() != shared_queue {
                     continue;
@@ -1027,7 +1058,7 @@ impl MqttConnection {
             }
             (matched, qos, !any_local_ok, ids, rap)
         };
-        let own = d.message.origin == self.id;
+        let own = d.message.origin == self.handle.id;
         if !matched || (own && no_local_only) {
             c.release(1);
             d.ack();
@@ -1067,14 +1098,15 @@ impl MqttConnection {
         // Outbound topic alias within the client's maximum.
         let mut wire_topic = topic;
         if v5 && self.client_alias_max > 0 {
-            match self.aliases_out.get(topic) {
+            let aliases = self.aliases.get_or_insert_with(Default::default);
+            match aliases.outgoing.get(topic) {
                 Some(&a) => {
                     props.topic_alias = Some(a);
                     wire_topic = "";
                 }
-                None if self.aliases_out.len() < usize::from(self.client_alias_max) => {
-                    let a = self.aliases_out.len() as u16 + 1;
-                    self.aliases_out.insert(topic.to_owned(), a);
+                None if aliases.outgoing.len() < usize::from(self.client_alias_max) => {
+                    let a = aliases.outgoing.len() as u16 + 1;
+                    aliases.outgoing.insert(topic.to_owned(), a);
                     props.topic_alias = Some(a);
                 }
                 None => {}
@@ -1240,7 +1272,7 @@ impl MqttConnection {
                         &name,
                         queue_options(false, self.ctx.config.max_queued_messages),
                         false,
-                        self.id,
+                        self.handle.id,
                     );
                     match q {
                         Ok(q) => {
@@ -1253,7 +1285,21 @@ impl MqttConnection {
                         }
                     }
                 }
-                None => session.lock().queue.name().to_string(),
+                None => {
+                    let q = session
+                        .lock()
+                        .ensure_queue(self.handle.id, self.ctx.config.max_queued_messages);
+                    match q {
+                        Ok(Some(q)) => {
+                            self.consume(q.clone());
+                            q.name().to_string()
+                        }
+                        Ok(None) | Err(_) => {
+                            codes.push(0x80);
+                            continue;
+                        }
+                    }
+                }
             };
             if vhost
                 .bind_queue(
@@ -1261,7 +1307,7 @@ impl MqttConnection {
                     MQTT_EXCHANGE,
                     &key,
                     Default::default(),
-                    self.id,
+                    self.handle.id,
                 )
                 .is_err()
             {
@@ -1348,15 +1394,20 @@ impl MqttConnection {
                             }
                             name
                         }
-                        None => session.lock().queue.name().to_string(),
+                        None => session
+                            .lock()
+                            .queue
+                            .as_ref()
+                            .map(|q| q.name().to_string())
+                            .unwrap_or_default(),
                     };
-                    if sub.share.is_none() {
+                    if sub.share.is_none() && !queue_name.is_empty() {
                         let _ = vhost.unbind_queue(
                             &queue_name,
                             MQTT_EXCHANGE,
                             &key,
                             Default::default(),
-                            self.id,
+                            self.handle.id,
                         );
                     }
                     codes.push(0x00);
@@ -1414,6 +1465,114 @@ fn shared_queue_name(group: &str, filter: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    fn context() -> Arc<MqttContext> {
+        Arc::new(MqttContext {
+            broker: Arc::new(Broker::default()),
+            auth: Default::default(),
+            sessions: Default::default(),
+            config: MqttConfig::default(),
+        })
+    }
+
+    fn feed(conn: &mut MqttConnection, p: Packet, now: Instant) -> Vec<Packet> {
+        let mut buf = BytesMut::new();
+        codec::encode(&p, Protocol::V311, &mut buf).expect("encode");
+        conn.handle_input(&mut buf, now);
+        let mut out = BytesMut::new();
+        conn.poll_transmit(&mut out, now);
+        std::iter::from_fn(|| codec::decode(&mut out, Some(Protocol::V311), u32::MAX).ok()?)
+            .collect()
+    }
+
+    fn connect(client_id: &str, clean: bool) -> Packet {
+        Packet::Connect(Connect {
+            protocol: Protocol::V311,
+            clean_start: clean,
+            keep_alive: 0,
+            client_id: Str::from(client_id),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        })
+    }
+
+    #[test]
+    fn a_clean_session_declares_its_queue_at_its_first_subscription() {
+        let ctx = context();
+        let vhost = ctx.broker.vhost("/").expect("vhost");
+        let now = Instant::now();
+        let name = Session::queue_name("idle-1");
+        // A leftover of an earlier session goes at CONNECT all the same.
+        vhost
+            .declare_queue(&name, queue_options(true, 10), false, 0)
+            .expect("leftover");
+        let peer = "127.0.0.1:40000".parse().expect("addr");
+        let mut conn = MqttConnection::new(ctx.clone(), peer, Arc::new(NoWake), now);
+        let out = feed(&mut conn, connect("idle-1", true), now);
+        assert!(matches!(out.as_slice(), [Packet::ConnAck(a)] if a.code == 0));
+        assert!(
+            vhost.queue(&name).is_none(),
+            "an idle clean session has no queue"
+        );
+        assert!(conn.outbox.is_none() && conn.consumers.is_empty());
+
+        let sub = Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(
+                Str::from("jobs/+"),
+                codec::SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            )],
+            properties: Properties::default(),
+        });
+        let out = feed(&mut conn, sub, now);
+        assert!(matches!(out.as_slice(), [Packet::SubAck(a)] if a.codes == [1]));
+        let queue = vhost.queue(&name).expect("declared at SUBSCRIBE");
+        assert!(!queue.durable());
+        let msg = mapping::to_message("jobs/1", QoS::AtLeastOnce, false, "j1".into(), None, 0);
+        vhost
+            .publish(MQTT_EXCHANGE, Arc::new(msg))
+            .expect("publish");
+        let mut out = BytesMut::new();
+        conn.poll_transmit(&mut out, now);
+        match codec::decode(&mut out, Some(Protocol::V311), u32::MAX) {
+            Ok(Some(Packet::Publish(p))) => assert_eq!(&p.payload[..], b"j1"),
+            other => panic!("expected the PUBLISH, got {other:?}"),
+        }
+
+        conn.handle_disconnect(now);
+        assert!(
+            vhost.queue(&name).is_none(),
+            "the queue goes with the session"
+        );
+        assert!(ctx.sessions.is_empty());
+    }
+
+    #[test]
+    fn a_persistent_session_has_its_queue_from_connect() {
+        let ctx = context();
+        let vhost = ctx.broker.vhost("/").expect("vhost");
+        let now = Instant::now();
+        let peer = "127.0.0.1:40000".parse().expect("addr");
+        let mut conn = MqttConnection::new(ctx.clone(), peer, Arc::new(NoWake), now);
+        feed(&mut conn, connect("kept-1", false), now);
+        let queue = vhost
+            .queue(&Session::queue_name("kept-1"))
+            .expect("a persistent session's queue");
+        assert!(queue.durable());
+        conn.handle_disconnect(now);
+        assert!(vhost.queue(&Session::queue_name("kept-1")).is_some());
+    }
 
     #[test]
     fn shared_subscription_names() {

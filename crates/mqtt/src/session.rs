@@ -1,15 +1,16 @@
 //! MQTT sessions: the state that outlives a connection.
 //!
 //! A session is a core queue bound to `amq.topic` (as in RabbitMQ's MQTT
-//! plugin), the client's subscriptions, and the QoS 1/2 messages in
-//! flight with their packet identifiers, which a resumed session resends
-//! with DUP set and the same identifiers. The [`Sessions`] registry finds
+//! plugin; a clean session declares it at its first subscription), the
+//! client's subscriptions, and the QoS 1/2 messages in flight with their
+//! packet identifiers, which a resumed session resends with DUP set and
+//! the same identifiers. The [`Sessions`] registry finds
 //! a session by (vhost, client id), takes it over from an older
 //! connection, and expires it ([`Sessions::tick`]) when its Session
 //! Expiry Interval has passed with no connection. Delayed wills are
 //! published from the same tick.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,18 +73,22 @@ pub struct PendingWill {
 /// The persistent part of an MQTT session.
 #[derive(Debug)]
 pub struct Session {
-    /// Client identifier.
-    pub client_id: String,
+    /// Client identifier (shared with the registry's key and the
+    /// connection).
+    pub client_id: Arc<str>,
     /// Its vhost.
     pub vhost: Arc<liebre_core::VHost>,
-    /// The session queue (`mqtt-subscription-{client_id}qos1`).
-    pub queue: Arc<Queue>,
+    /// The session queue (`mqtt-subscription-{client_id}qos1`). A clean
+    /// session gets it at its first subscription
+    /// ([`Session::ensure_queue`]), so an idle client that subscribes to
+    /// nothing costs no queue; a persistent one has it from the start.
+    pub queue: Option<Arc<Queue>>,
     /// Subscriptions by topic filter (without any `$share/` prefix).
     pub subscriptions: BTreeMap<String, Subscription>,
     /// Outgoing QoS 1/2 messages by packet id.
     pub inflight: BTreeMap<u16, InFlight>,
     /// Incoming QoS 2 packet ids between PUBREC and PUBREL.
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: BTreeSet<u16>,
     next_packet_id: u16,
     /// Session Expiry Interval.
     pub expiry: Duration,
@@ -92,20 +97,20 @@ pub struct Session {
     /// The attached connection, for takeover.
     pub connection: Option<Arc<ConnectionHandle>>,
     /// A will waiting for its delay.
-    pub pending_will: Option<PendingWill>,
+    pub pending_will: Option<Box<PendingWill>>,
     /// Destroyed (clean start by a newer connection, or expired): a
     /// connection still holding it must leave it alone.
     pub ended: bool,
     /// The last [`SessionSnapshot`] given to the [`SessionStore`], so that
     /// only changes are written.
-    saved: Option<SessionSnapshot>,
+    saved: Option<Box<SessionSnapshot>>,
 }
 
 impl Session {
     /// What a [`SessionStore`] keeps of this session.
     pub fn snapshot(&self) -> SessionSnapshot {
         SessionSnapshot {
-            client_id: self.client_id.clone(),
+            client_id: self.client_id.to_string(),
             expiry: self.expiry,
             subscriptions: self
                 .subscriptions
@@ -131,15 +136,37 @@ impl Session {
         format!("mqtt-subscription-{client_id}qos1")
     }
 
+    /// The session queue, declared now (not durable: only clean sessions
+    /// start without one) if the session has none yet. `None` if the
+    /// session is no longer `conn_id`'s (taken over or ended): the queue
+    /// is left for the connection that holds it.
+    pub fn ensure_queue(
+        &mut self,
+        conn_id: u64,
+        max_queued: u32,
+    ) -> Result<Option<Arc<Queue>>, liebre_core::CoreError> {
+        if let Some(q) = &self.queue {
+            return Ok(Some(q.clone()));
+        }
+        if self.ended || self.connection.as_ref().is_none_or(|c| c.id != conn_id) {
+            return Ok(None);
+        }
+        let queue =
+            declare_session_queue(&self.vhost, &self.client_id, false, max_queued, conn_id)?;
+        self.queue = Some(queue.clone());
+        Ok(Some(queue))
+    }
+
     /// While the client is offline, QoS 0 subscriptions stop feeding the
     /// session queue, so only QoS 1/2 messages wait for it (Mosquitto's
     /// default, `queue_qos0_messages false`). [`Session::unpark`] undoes it.
     pub fn park_qos0(&self) {
+        let Some(queue) = &self.queue else { return };
         for (filter, sub) in &self.subscriptions {
             if sub.share.is_none() && sub.options.qos == QoS::AtMostOnce {
                 let key = crate::mapping::filter_to_binding_key(filter);
                 let _ = self.vhost.unbind_queue(
-                    self.queue.name(),
+                    queue.name(),
                     MQTT_EXCHANGE,
                     &key,
                     Default::default(),
@@ -151,16 +178,13 @@ impl Session {
 
     /// Bind the QoS 0 subscriptions again (the client is back).
     pub fn unpark(&self) {
+        let Some(queue) = &self.queue else { return };
         for (filter, sub) in &self.subscriptions {
             if sub.share.is_none() && sub.options.qos == QoS::AtMostOnce {
                 let key = crate::mapping::filter_to_binding_key(filter);
-                let _ = self.vhost.bind_queue(
-                    self.queue.name(),
-                    MQTT_EXCHANGE,
-                    &key,
-                    Default::default(),
-                    0,
-                );
+                let _ =
+                    self.vhost
+                        .bind_queue(queue.name(), MQTT_EXCHANGE, &key, Default::default(), 0);
             }
         }
     }
@@ -176,13 +200,14 @@ impl Session {
         }
         // By identity: a newer session of the same client may already own
         // a queue of the same name.
-        self.vhost.delete_queue_if_same(&self.queue);
+        if let Some(queue) = &self.queue {
+            self.vhost.delete_queue_if_same(queue);
+        }
         self.subscriptions.clear();
     }
 }
 
 /// A connection as the registry sees it: enough to take it over.
-#[derive(Debug)]
 pub struct ConnectionHandle {
     /// Broker-wide connection id.
     pub id: u64,
@@ -190,12 +215,17 @@ pub struct ConnectionHandle {
     /// the MQTT 5 reason code to disconnect with (0x8E).
     pub kicked: AtomicU8,
     /// Wakes the connection's task.
-    pub waker: Arc<dyn WakeDebug>,
+    pub waker: Arc<dyn Wake>,
 }
 
-/// `Wake` plus `Debug`, for handles stored in the registry.
-pub trait WakeDebug: Wake + std::fmt::Debug {}
-impl<T: Wake + std::fmt::Debug> WakeDebug for T {}
+impl std::fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionHandle")
+            .field("id", &self.id)
+            .field("kicked", &self.kicked)
+            .finish()
+    }
+}
 
 impl ConnectionHandle {
     /// Ask the connection to go away with `reason`.
@@ -205,8 +235,8 @@ impl ConnectionHandle {
     }
 }
 
-/// (vhost, client id).
-type SessionKey = (String, String);
+/// The sessions of one vhost by client id.
+type Clients = HashMap<Arc<str>, Arc<Mutex<Session>>>;
 
 /// The part of a persistent session (Session Expiry Interval above zero)
 /// that survives a restart of the broker. Its queue and the queue's
@@ -234,7 +264,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 /// Every MQTT session of the broker.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<SessionKey, Arc<Mutex<Session>>>>,
+    /// By vhost name, then client id.
+    map: Mutex<HashMap<String, Clients>>,
     store: std::sync::OnceLock<Arc<dyn SessionStore>>,
 }
 
@@ -266,9 +297,9 @@ impl Sessions {
             return;
         }
         let snap = s.snapshot();
-        if s.saved.as_ref() != Some(&snap) {
+        if s.saved.as_deref() != Some(&snap) {
             store.save(s.vhost.name(), &snap);
-            s.saved = Some(snap);
+            s.saved = Some(Box::new(snap));
         }
     }
 
@@ -299,44 +330,55 @@ impl Sessions {
             )?,
         };
         let session = Session {
-            client_id: snapshot.client_id.clone(),
+            client_id: snapshot.client_id.as_str().into(),
             vhost: vhost.clone(),
-            queue,
+            queue: Some(queue),
             subscriptions: snapshot.subscriptions.iter().cloned().collect(),
             inflight: BTreeMap::new(),
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: BTreeSet::new(),
             next_packet_id: 0,
             expiry: snapshot.expiry,
             disconnected_at: Some(now),
             connection: None,
             pending_will: None,
             ended: false,
-            saved: Some(snapshot),
+            saved: Some(Box::new(snapshot)),
         };
         // Bindings of the session queue are durable and came back with it;
         // those of QoS 0 subscriptions wait for the client.
         if !queue_qos0 {
             session.park_qos0();
         }
-        let key = (vhost.name().to_owned(), session.client_id.clone());
-        self.map.lock().insert(key, Arc::new(Mutex::new(session)));
+        let client_id = session.client_id.clone();
+        self.map
+            .lock()
+            .entry(vhost.name().to_owned())
+            .or_default()
+            .insert(client_id, Arc::new(Mutex::new(session)));
         Ok(())
     }
 
     /// Find or create the session of `client_id` for a new connection,
-    /// taking it over from any connection that holds it.
+    /// taking it over from any connection that holds it. A new session
+    /// that ends with its connection (`clean_start` and `ephemeral`: no
+    /// expiry interval) gets its queue at the first subscription; any
+    /// other, and one that replaces an earlier session of the client,
+    /// gets it now.
+    #[allow(clippy::too_many_arguments)]
     pub fn attach(
         &self,
         vhost: &Arc<liebre_core::VHost>,
         client_id: &str,
         clean_start: bool,
+        ephemeral: bool,
         handle: Arc<ConnectionHandle>,
         conn_id: u64,
         max_queued: u32,
     ) -> Result<Attached, liebre_core::CoreError> {
-        let key = (vhost.name().to_owned(), client_id.to_owned());
         let mut map = self.map.lock();
-        if let Some(existing) = map.get(&key).cloned() {
+        let clients = map.entry(vhost.name().to_owned()).or_default();
+        let replaces = clients.contains_key(client_id);
+        if let Some(existing) = clients.get(client_id).cloned() {
             let mut s = existing.lock();
             if let Some(old) = s.connection.take() {
                 old.kick(0x8E);
@@ -353,25 +395,31 @@ impl Sessions {
             }
             self.end(&mut s);
             drop(s);
-            map.remove(&key);
+            clients.remove(client_id);
         }
-        let name = Session::queue_name(client_id);
-        // A leftover queue of an earlier session of this client goes first
-        // (its session expired, or was lost with a restart).
-        vhost.delete_queue_unchecked(&name);
-        let queue = vhost.declare_queue(
-            &name,
-            crate::connection::queue_options(!clean_start, max_queued),
-            false,
-            conn_id,
-        )?;
+        let queue = if clean_start && ephemeral && !replaces {
+            // A leftover queue of an earlier session of this client goes
+            // now all the same (its session expired, or was lost with a
+            // restart): a clean session starts with nothing queued.
+            vhost.delete_queue_unchecked(&Session::queue_name(client_id));
+            None
+        } else {
+            Some(declare_session_queue(
+                vhost,
+                client_id,
+                !clean_start,
+                max_queued,
+                conn_id,
+            )?)
+        };
+        let client_id: Arc<str> = client_id.into();
         let session = Arc::new(Mutex::new(Session {
-            client_id: client_id.to_owned(),
+            client_id: client_id.clone(),
             vhost: vhost.clone(),
             queue,
             subscriptions: BTreeMap::new(),
             inflight: BTreeMap::new(),
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: BTreeSet::new(),
             next_packet_id: 0,
             expiry: Duration::ZERO,
             disconnected_at: None,
@@ -380,7 +428,7 @@ impl Sessions {
             ended: false,
             saved: None,
         }));
-        map.insert(key, session.clone());
+        clients.insert(client_id, session.clone());
         Ok(Attached {
             session,
             present: false,
@@ -408,13 +456,19 @@ impl Sessions {
         }
         if s.expiry.is_zero() {
             if let Some(w) = s.pending_will.take() {
-                publish_will(&s.vhost, w);
+                publish_will(&s.vhost, *w);
             }
             self.end(&mut s);
-            let key = (s.vhost.name().to_owned(), s.client_id.clone());
+            let client_id = s.client_id.clone();
+            let clients = map.get_mut(s.vhost.name());
             drop(s);
-            if map.get(&key).is_some_and(|x| Arc::ptr_eq(x, session)) {
-                map.remove(&key);
+            if let Some(clients) = clients {
+                if clients
+                    .get(&client_id)
+                    .is_some_and(|x| Arc::ptr_eq(x, session))
+                {
+                    clients.remove(&client_id);
+                }
             }
         }
     }
@@ -423,52 +477,78 @@ impl Sessions {
     /// that are due.
     pub fn tick(&self, now: Instant) {
         let mut map = self.map.lock();
-        map.retain(|_, session| {
-            let mut s = session.lock();
-            let due = s.pending_will.as_ref().is_some_and(|w| w.due <= now);
-            let expired = s
-                .disconnected_at
-                .is_some_and(|at| now.saturating_duration_since(at) >= s.expiry);
-            if due || (expired && s.pending_will.is_some()) {
-                if let Some(w) = s.pending_will.take() {
-                    publish_will(&s.vhost, w);
-                }
+        map.values_mut()
+            .for_each(|clients| clients.retain(|_, session| self.tick_one(session, now)));
+    }
+
+    /// [`Sessions::tick`] for one session: whether it lives on.
+    fn tick_one(&self, session: &Arc<Mutex<Session>>, now: Instant) -> bool {
+        let mut s = session.lock();
+        let due = s.pending_will.as_ref().is_some_and(|w| w.due <= now);
+        let expired = s
+            .disconnected_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= s.expiry);
+        if due || (expired && s.pending_will.is_some()) {
+            if let Some(w) = s.pending_will.take() {
+                publish_will(&s.vhost, *w);
             }
-            if expired {
-                self.end(&mut s);
-                return false;
-            }
-            true
-        });
+        }
+        if expired {
+            self.end(&mut s);
+            return false;
+        }
+        true
+    }
+
+    /// `f` of every session, summed.
+    fn sum(&self, f: impl Fn(&Session) -> usize) -> usize {
+        self.map
+            .lock()
+            .values()
+            .flat_map(|clients| clients.values())
+            .map(|s| f(&s.lock()))
+            .sum()
     }
 
     /// Subscriptions over all sessions.
     pub fn subscription_count(&self) -> usize {
-        self.map
-            .lock()
-            .values()
-            .map(|s| s.lock().subscriptions.len())
-            .sum()
+        self.sum(|s| s.subscriptions.len())
     }
 
     /// QoS 1/2 messages in flight to clients over all sessions.
     pub fn inflight_count(&self) -> usize {
-        self.map
-            .lock()
-            .values()
-            .map(|s| s.lock().inflight.len())
-            .sum()
+        self.sum(|s| s.inflight.len())
     }
 
     /// Number of sessions (connected or not).
     pub fn len(&self) -> usize {
-        self.map.lock().len()
+        self.map.lock().values().map(HashMap::len).sum()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Declare the queue of a new session of `client_id`, replacing any
+/// leftover of an earlier session of this client (its session expired, or
+/// was lost with a restart).
+fn declare_session_queue(
+    vhost: &Arc<liebre_core::VHost>,
+    client_id: &str,
+    durable: bool,
+    max_queued: u32,
+    conn_id: u64,
+) -> Result<Arc<Queue>, liebre_core::CoreError> {
+    let name = Session::queue_name(client_id);
+    vhost.delete_queue_unchecked(&name);
+    vhost.declare_queue(
+        &name,
+        crate::connection::queue_options(durable, max_queued),
+        false,
+        conn_id,
+    )
 }
 
 /// Publish a will now: route it through `amq.topic` and keep it retained

@@ -7,9 +7,8 @@ use liebre_amqp::{Connection, Context};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use crate::driver::{accept, drive, Kind, NotifyWaker};
+use crate::driver::{accept, drive, spawn_connection, Kind, NotifyWaker};
 
 /// Accept AMQP connections until shutdown.
 pub async fn accept_loop(
@@ -23,10 +22,9 @@ pub async fn accept_loop(
         let waker = Arc::new(NotifyWaker::default());
         let conn = Connection::new(ctx.clone(), peer, waker.clone(), Instant::now());
         let metrics = (ctx.broker.metrics().clone(), Kind::Amqp);
-        let span = tracing::info_span!("amqp", %peer);
-        tracker.spawn(
-            drive(conn, stream.into_split(), waker, token.clone(), metrics).instrument(span),
-        );
+        let span = tracing::debug_span!("amqp", %peer);
+        let task = drive(conn, stream.into_split(), waker, token.clone(), metrics);
+        spawn_connection(&tracker, span, task);
     })
     .await;
 }

@@ -3,26 +3,40 @@
 //! on the socket, the connection's wake-up, the next deadline and
 //! shutdown. Nothing protocol-specific happens here.
 
+use std::future::{poll_fn, Future};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use liebre_core::{Metrics, Wake};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, Instrument};
 
 /// Stop reading from a client while this much output waits for it: a peer
 /// that does not read cannot make the broker buffer without bound.
 const OUTPUT_HIGH_WATER: usize = 1024 * 1024;
-/// Read in chunks of at least this much.
+/// A connection that is streaming reads in chunks of at least this much
+/// into its own buffer.
 const READ_CHUNK: usize = 64 * 1024;
+/// Any other connection reads at most this much at a time, into the
+/// stack, and keeps only what it has not consumed yet: an idle connection
+/// holds no read buffer at all. A read that fills it marks the connection
+/// as streaming.
+const SMALL_READ: usize = 4 * 1024;
+/// Output buffers are kept between writes only by a connection writing
+/// at least this much at a time.
+const OUTPUT_KEEP: usize = 4 * 1024;
 
 /// A protocol connection as the driver sees it.
 pub(crate) trait Driven {
@@ -38,6 +52,9 @@ pub(crate) trait Driven {
     fn shutdown(&mut self, now: Instant);
     fn handle_disconnect(&mut self, now: Instant);
     fn close_reason(&self) -> Option<&str>;
+    /// Give back the capacity of internal buffers that are empty (the
+    /// connection went quiet).
+    fn trim(&mut self);
 }
 
 impl Driven for liebre_amqp::Connection {
@@ -67,6 +84,9 @@ impl Driven for liebre_amqp::Connection {
     }
     fn close_reason(&self) -> Option<&str> {
         self.close_reason()
+    }
+    fn trim(&mut self) {
+        self.trim()
     }
 }
 
@@ -98,15 +118,54 @@ impl Driven for liebre_mqtt::MqttConnection {
     fn close_reason(&self) -> Option<&str> {
         self.close_reason()
     }
+    fn trim(&mut self) {
+        self.trim()
+    }
 }
 
-/// Wakes a connection task.
+/// Wakes a connection task: a flag and the task's waker, which is there
+/// only while the task waits in [`Woken`]. Like `Notify::notify_one`, a
+/// wake-up while the task runs (a queue delivering to the task's own
+/// connection, say) only leaves the flag for its next wait. (A `Notify`
+/// would do, but waiting on it puts a 64-byte waiter in every idle
+/// connection's future.)
 #[derive(Debug, Default)]
-pub(crate) struct NotifyWaker(pub(crate) Notify);
+pub(crate) struct NotifyWaker {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
 
 impl Wake for NotifyWaker {
     fn wake(&self) {
-        self.0.notify_one();
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.task.wake();
+        }
+    }
+}
+
+/// Ready once [`Wake::wake`] was called since the last wait ended.
+struct Woken<'a>(&'a NotifyWaker);
+
+impl Future for Woken<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let w = self.0;
+        if w.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        w.task.register(cx.waker());
+        if w.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Woken<'_> {
+    fn drop(&mut self) {
+        self.0.task.take();
     }
 }
 
@@ -145,153 +204,240 @@ fn open_gauge(m: &Metrics, kind: Kind) -> &AtomicU64 {
 }
 
 /// Run `conn` over a byte stream until it closes.
-pub(crate) async fn drive<C, R, W>(
+///
+/// Not an `async fn`: the arguments of one are stored twice in its future
+/// (rust-lang/rust#62958), and this future is most of what an idle
+/// connection costs.
+pub(crate) fn drive<C, R, W>(
     mut conn: C,
     (mut rd, mut wr): (R, W),
     waker: Arc<NotifyWaker>,
     token: CancellationToken,
     (metrics, kind): (Arc<Metrics>, Kind),
-) where
+) -> impl Future<Output = ()>
+where
     C: Driven,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let _open = Open::new(metrics.clone(), kind);
-    let mut inbuf = BytesMut::new();
-    let mut outbuf = BytesMut::new();
-    let mut stopping = false;
-    let mut eof = false;
-    // The connection stopped taking input with bytes left in `inbuf`.
-    let mut stalled = false;
-    loop {
-        if outbuf.len() < OUTPUT_HIGH_WATER {
-            conn.poll_transmit(&mut outbuf, Instant::now());
-        }
-        if (conn.is_closed() || eof) && outbuf.is_empty() {
-            break;
-        }
-        if stalled && conn.wants_read() {
-            // Unblocked: what was received meanwhile goes in first.
-            conn.handle_input(&mut inbuf, Instant::now());
-            stalled = !conn.wants_read();
-            continue;
-        }
-        let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
-        let can_read =
-            !eof && !conn.is_closed() && outbuf.len() < OUTPUT_HIGH_WATER && conn.wants_read();
-        if can_read && inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
-            inbuf.reserve(READ_CHUNK);
-        }
-        tokio::select! {
-            _ = token.cancelled(), if !stopping => {
-                stopping = true;
-                conn.shutdown(Instant::now());
+    let open = Open::new(metrics, kind);
+    async move {
+        let mut inbuf = BytesMut::new();
+        let mut outbuf = BytesMut::new();
+        let mut timer = Timer::default();
+        let mut stopping = false;
+        let mut eof = false;
+        // The connection stopped taking input with bytes left in `inbuf`.
+        let mut stalled = false;
+        // The last reads filled what they were given: read big chunks.
+        let mut streaming = false;
+        loop {
+            if outbuf.len() < OUTPUT_HIGH_WATER {
+                conn.poll_transmit(&mut outbuf, Instant::now());
             }
-            r = rd.read_buf(&mut inbuf), if can_read => match r {
-                Ok(0) | Err(_) => {
-                    conn.handle_disconnect(Instant::now());
-                    eof = true;
-                    outbuf.clear();
+            if (conn.is_closed() || eof) && outbuf.is_empty() {
+                break;
+            }
+            if stalled && conn.wants_read() {
+                // Unblocked: what was received meanwhile goes in first.
+                conn.handle_input(&mut inbuf, Instant::now());
+                stalled = !conn.wants_read();
+                continue;
+            }
+            timer.set(conn.poll_timeout());
+            let can_read =
+                !eof && !conn.is_closed() && outbuf.len() < OUTPUT_HIGH_WATER && conn.wants_read();
+            if can_read && streaming && inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
+                inbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                _ = token.cancelled(), if !stopping => {
+                    stopping = true;
+                    conn.shutdown(Instant::now());
                 }
-                Ok(n) => {
-                    Metrics::add(&metrics.bytes_received, n as u64);
-                    conn.handle_input(&mut inbuf, Instant::now());
-                    stalled = !conn.wants_read();
+                r = poll_fn(|cx| poll_read(&mut rd, &mut inbuf, cx)), if can_read => match r {
+                    Ok((0, _)) | Err(_) => {
+                        conn.handle_disconnect(Instant::now());
+                        eof = true;
+                        outbuf.clear();
+                    }
+                    Ok((n, filled)) => {
+                        Metrics::add(&open.metrics.bytes_received, n as u64);
+                        conn.handle_input(&mut inbuf, Instant::now());
+                        stalled = !conn.wants_read();
+                        if filled {
+                            streaming = true;
+                        } else if inbuf.is_empty() && n < SMALL_READ {
+                            // Quiet again: give the buffer back.
+                            streaming = false;
+                            inbuf = BytesMut::new();
+                        }
+                    }
+                },
+                w = poll_fn(|cx| Pin::new(&mut wr).poll_write(cx, &outbuf)), if !outbuf.is_empty() => match w {
+                    Ok(n) => {
+                        Metrics::add(&open.metrics.bytes_sent, n as u64);
+                        outbuf.advance(n);
+                        if outbuf.is_empty() && n < OUTPUT_KEEP {
+                            // Not streaming: no buffer kept while idle.
+                            outbuf = BytesMut::new();
+                            conn.trim();
+                        }
+                    }
+                    Err(_) => {
+                        conn.handle_disconnect(Instant::now());
+                        eof = true;
+                        outbuf.clear();
+                    }
+                },
+                _ = Woken(&waker) => {}
+                _ = poll_fn(|cx| timer.poll(cx)), if timer.is_set() => {
+                    conn.handle_timeout(Instant::now());
                 }
-            },
-            w = wr.write(&outbuf), if !outbuf.is_empty() => match w {
-                Ok(n) => {
-                    Metrics::add(&metrics.bytes_sent, n as u64);
-                    outbuf.advance(n);
+            }
+        }
+        let _ = wr.shutdown().await;
+        conn.handle_disconnect(Instant::now());
+        debug!(
+            message = "Connection closed.",
+            reason = conn.close_reason().unwrap_or("peer closed")
+        );
+    }
+}
+
+/// The connection's next deadline. The timer is allocated only while
+/// there is one (many idle connections have none), and reset in place
+/// when it moves.
+#[derive(Default)]
+struct Timer(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Timer {
+    fn set(&mut self, deadline: Option<Instant>) {
+        match (deadline, &mut self.0) {
+            (None, t) => *t = None,
+            (Some(d), Some(sleep)) => {
+                let d = tokio::time::Instant::from_std(d);
+                if sleep.deadline() != d {
+                    sleep.as_mut().reset(d);
                 }
-                Err(_) => {
-                    conn.handle_disconnect(Instant::now());
-                    eof = true;
-                    outbuf.clear();
-                }
-            },
-            _ = waker.0.notified() => {}
-            _ = sleep_until(deadline), if deadline.is_some() => conn.handle_timeout(Instant::now()),
+            }
+            (Some(d), t @ None) => {
+                *t = Some(Box::pin(tokio::time::sleep_until(
+                    tokio::time::Instant::from_std(d),
+                )));
+            }
         }
     }
-    let _ = wr.shutdown().await;
-    conn.handle_disconnect(Instant::now());
-    debug!(
-        message = "Connection closed.",
-        reason = conn.close_reason().unwrap_or("peer closed")
-    );
+
+    fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// Run `conn` over a WebSocket: binary messages carry the protocol's
-/// bytes, and a packet may span messages.
-pub(crate) async fn drive_ws<C, S>(
+/// bytes, and a packet may span messages. (Not an `async fn`, for the
+/// reason given at [`drive`].)
+pub(crate) fn drive_ws<C, S>(
     mut conn: C,
     ws: WebSocketStream<S>,
     waker: Arc<NotifyWaker>,
     token: CancellationToken,
     (metrics, kind): (Arc<Metrics>, Kind),
-) where
+) -> impl Future<Output = ()>
+where
     C: Driven,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _open = Open::new(metrics.clone(), kind);
-    let (mut sink, mut stream) = ws.split();
-    let mut inbuf = BytesMut::new();
-    let mut outbuf = BytesMut::new();
-    let mut stopping = false;
-    let mut stalled = false;
-    loop {
-        conn.poll_transmit(&mut outbuf, Instant::now());
-        if !outbuf.is_empty() {
-            Metrics::add(&metrics.bytes_sent, outbuf.len() as u64);
-            let msg = WsMessage::Binary(outbuf.split().freeze());
-            if sink.send(msg).await.is_err() {
+    let open = Open::new(metrics, kind);
+    async move {
+        let (mut sink, mut stream) = ws.split();
+        let mut inbuf = BytesMut::new();
+        let mut outbuf = BytesMut::new();
+        let mut timer = Timer::default();
+        let mut stopping = false;
+        let mut stalled = false;
+        loop {
+            conn.poll_transmit(&mut outbuf, Instant::now());
+            if !outbuf.is_empty() {
+                let len = outbuf.len();
+                Metrics::add(&open.metrics.bytes_sent, len as u64);
+                let msg = WsMessage::Binary(std::mem::take(&mut outbuf).freeze());
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+                if len < OUTPUT_KEEP {
+                    conn.trim();
+                }
+            }
+            if conn.is_closed() {
                 break;
             }
-        }
-        if conn.is_closed() {
-            break;
-        }
-        if stalled && conn.wants_read() {
-            conn.handle_input(&mut inbuf, Instant::now());
-            stalled = !conn.wants_read();
-            continue;
-        }
-        let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
-        let can_read = conn.wants_read();
-        tokio::select! {
-            _ = token.cancelled(), if !stopping => {
-                stopping = true;
-                conn.shutdown(Instant::now());
+            if stalled && conn.wants_read() {
+                conn.handle_input(&mut inbuf, Instant::now());
+                stalled = !conn.wants_read();
+                continue;
             }
-            m = stream.next(), if can_read => match m {
-                Some(Ok(WsMessage::Binary(data))) => {
-                    Metrics::add(&metrics.bytes_received, data.len() as u64);
-                    inbuf.extend_from_slice(&data);
-                    conn.handle_input(&mut inbuf, Instant::now());
-                    stalled = !conn.wants_read();
+            timer.set(conn.poll_timeout());
+            let can_read = conn.wants_read();
+            tokio::select! {
+                _ = token.cancelled(), if !stopping => {
+                    stopping = true;
+                    conn.shutdown(Instant::now());
                 }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
-                Some(Ok(WsMessage::Text(_))) => {
-                    // MQTT over WebSocket is binary only (MQTT 5.0 §6).
-                    conn.handle_disconnect(Instant::now());
-                    break;
+                m = stream.next(), if can_read => match m {
+                    Some(Ok(WsMessage::Binary(data))) => {
+                        Metrics::add(&open.metrics.bytes_received, data.len() as u64);
+                        inbuf.extend_from_slice(&data);
+                        conn.handle_input(&mut inbuf, Instant::now());
+                        stalled = !conn.wants_read();
+                        if inbuf.is_empty() {
+                            inbuf = BytesMut::new();
+                        }
+                    }
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+                    Some(Ok(WsMessage::Text(_))) => {
+                        // MQTT over WebSocket is binary only (MQTT 5.0 §6).
+                        conn.handle_disconnect(Instant::now());
+                        break;
+                    }
+                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
+                        conn.handle_disconnect(Instant::now());
+                        break;
+                    }
+                },
+                _ = Woken(&waker) => {}
+                _ = poll_fn(|cx| timer.poll(cx)), if timer.is_set() => {
+                    conn.handle_timeout(Instant::now());
                 }
-                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
-                    conn.handle_disconnect(Instant::now());
-                    break;
-                }
-            },
-            _ = waker.0.notified() => {}
-            _ = sleep_until(deadline), if deadline.is_some() => conn.handle_timeout(Instant::now()),
+            }
         }
+        let _ = sink.close().await;
+        conn.handle_disconnect(Instant::now());
+        debug!(
+            message = "WebSocket connection closed.",
+            reason = conn.close_reason().unwrap_or("peer closed")
+        );
     }
-    let _ = sink.close().await;
-    conn.handle_disconnect(Instant::now());
-    debug!(
-        message = "WebSocket connection closed.",
-        reason = conn.close_reason().unwrap_or("peer closed")
-    );
+}
+
+/// Spawn a connection's task on `tracker`, in `span` if that is enabled
+/// (a disabled span would still add 40 bytes to every connection's task).
+pub(crate) fn spawn_connection<F>(tracker: &TaskTracker, span: tracing::Span, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if span.is_disabled() {
+        tracker.spawn(task);
+    } else {
+        tracker.spawn(task.instrument(span));
+    }
 }
 
 /// Accept connections on `listener` until shutdown, handing each socket
@@ -320,9 +466,24 @@ pub(crate) async fn accept(
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+/// Read what the socket has: straight into `inbuf` when it has room (a
+/// streaming connection, or a packet being completed), otherwise through a
+/// buffer on the stack, so that a connection waiting for input holds no
+/// buffer. Also says whether the read filled the room it had.
+fn poll_read<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    inbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<(usize, bool)>> {
+    let room = inbuf.capacity() - inbuf.len();
+    if room >= SMALL_READ {
+        let n = ready!(std::pin::pin!(rd.read_buf(inbuf)).poll(cx))?;
+        return Poll::Ready(Ok((n, n == room)));
     }
+    let mut stack = [const { MaybeUninit::<u8>::uninit() }; SMALL_READ];
+    let mut buf = ReadBuf::uninit(&mut stack);
+    ready!(Pin::new(rd).poll_read(cx, &mut buf))?;
+    let got = buf.filled();
+    inbuf.extend_from_slice(got);
+    Poll::Ready(Ok((got.len(), got.len() == SMALL_READ)))
 }
