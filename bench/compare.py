@@ -114,6 +114,9 @@ def bench_loads(args, liebre_pid, mosquitto):
             ("Liebre", amqp(5699), liebre_pid), ("RabbitMQ", amqp(5673), rabbitmq_pid())],
         "AMQP 1 KiB transient, 1 to 1": [
             ("Liebre", amqp(5699, "--size", "1024"), liebre_pid), ("RabbitMQ", amqp(5673, "--size", "1024"), rabbitmq_pid())],
+        "AMQP 64 KiB transient, 1 to 1": [
+            ("Liebre", amqp(5699, "--size", "65536", "--max-in-flight", "500"), liebre_pid),
+            ("RabbitMQ", amqp(5673, "--size", "65536", "--max-in-flight", "500"), rabbitmq_pid())],
         "AMQP latency at 1000 msg/s": [
             ("Liebre", amqp(5699, "--rate", "1000"), liebre_pid), ("RabbitMQ", amqp(5673, "--rate", "1000"), rabbitmq_pid())],
     }
@@ -161,6 +164,35 @@ def library_loads(args, liebre_pid, mosquitto, have_mqtt_load):
     return loads
 
 
+def idle_round(broker, count):
+    """Open `count` idle MQTT connections to a freshly started broker."""
+    if broker == "Liebre":
+        data = tempfile.mkdtemp(prefix="liebre-bench-idle-")
+        proc = subprocess.Popen(
+            [LIEBRE, "server", "--data-dir", data, "--amqp", "127.0.0.1:5697", "--mqtt", "127.0.0.1:1897",
+             "--mqtt-ws", "127.0.0.1:9097", "--http", "127.0.0.1:15697", "--sys-interval", "0"],
+            stderr=subprocess.DEVNULL)
+        port = 1897
+    else:
+        data = tempfile.mkdtemp(prefix="liebre-bench-idle-mosquitto-")
+        conf = os.path.join(data, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write("listener 1887 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "log_type error\nlog_dest stderr\nmax_queued_messages 100000\n")
+        proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf],
+                                stderr=subprocess.DEVNULL)
+        port = 1887
+    try:
+        wait_port(port)
+        time.sleep(0.5)
+        return run_load([LIEBRE, "bench", "connections", "--protocol", "mqtt", "--port", str(port),
+                         "--count", str(count), "--pid", str(proc.pid), "--json"], proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def rate_of(r):
     """Messages per second from either kind of load program."""
     return r.get("consume_rate") or r.get("msgs_per_sec") or r.get("delivered_per_sec") or 0.0
@@ -179,6 +211,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--only", help="run only the loads whose name contains this text")
+    ap.add_argument("--connections", type=int, default=10000, help="idle MQTT connections to open")
     ap.add_argument("--skip-mqtt", action="store_true")
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--client", choices=["bench", "libs"], default="bench",
@@ -213,6 +246,7 @@ def main():
     if args.only:
         loads = {k: v for k, v in loads.items() if args.only in k}
     results = {}
+    idle = {}
     try:
         for name, targets in loads.items():
             for r in range(args.rounds):
@@ -223,6 +257,18 @@ def main():
                     lat = f", p99 {p99} µs" if p99 is not None else ""
                     print(f"{name} | round {r + 1} | {broker}: {rate_of(res):,.0f} msg/s{lat}, "
                           f"broker CPU {res['broker_cpu_s']:.2f} s", file=sys.stderr)
+        if mosquitto is not None and (not args.only or "idle" in args.only):
+            # Idle connections: the broker's resident memory before and
+            # after opening them (`liebre bench connections --pid`), each
+            # round on freshly started brokers: a broker that ran a load
+            # before reuses freed memory and would show next to nothing.
+            for r in range(args.rounds):
+                for broker in ("Liebre", "Mosquitto"):
+                    res = idle_round(broker, args.connections)
+                    idle.setdefault(broker, []).append(res)
+                    print(f"idle connections | round {r + 1} | {broker}: "
+                          f"{res['broker_bytes_per_connection']:,.0f} B each, {res['connect_rate']:,.0f}/s",
+                          file=sys.stderr)
     finally:
         if mosquitto:
             mosquitto.terminate()
@@ -250,6 +296,16 @@ def main():
                 p99_ratio = f"{base[1] / p99:.2f}" if p99 and base[1] else ""
                 print(f"| {name} | {broker} | {rate:,.0f} | {p99_txt} | {cpu:.2f} | "
                       f"{base[0] / rate:.2f}x | {cpu / base[2]:.2f}x | {p99_ratio} |")
+    if idle:
+        print()
+        print(f"| {args.connections:,} idle MQTT connections | broker | bytes per connection (median) | connections opened per s (median) | memory, Liebre / other |")
+        print("| --- | --- | ---: | ---: | ---: |")
+        med = {b: (statistics.median(r["broker_bytes_per_connection"] for r in runs),
+                   statistics.median(r["connect_rate"] for r in runs)) for b, runs in idle.items()}
+        for b, (mem, rate) in med.items():
+            ratio = "" if b == "Liebre" else f"{med['Liebre'][0] / mem:.2f}x"
+            print(f"| | {b} | {mem:,.0f} | {rate:,.0f} | {ratio} |")
+        results["idle MQTT connections"] = idle
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
