@@ -7,7 +7,7 @@ run_mosquitto.sh), starts a release build of Liebre, then runs the same
 load programs against each, interleaved A B A B, and reports medians, the
 broker's CPU seconds per run (from /proc), and ratios.
 
-    python3 bench/compare.py                 # 3 rounds of 6 s each
+    python3 bench/compare.py                 # 3 rounds of 5 s each
     python3 bench/compare.py --only persistent
     python3 bench/compare.py --rounds 5 --seconds 15 --skip-mqtt
     python3 bench/compare.py --client libs   # the lapin/rumqttc examples instead
@@ -209,7 +209,7 @@ def p99_of(r):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only", help="run only the loads whose name contains this text")
     ap.add_argument("--connections", type=int, default=10000, help="idle MQTT connections to open")
     ap.add_argument("--skip-mqtt", action="store_true")
