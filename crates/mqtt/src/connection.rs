@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +22,8 @@ use tracing::debug;
 
 use crate::mapping::{self, MQTT_EXCHANGE};
 use crate::session::{
-    publish_will, ConnectionHandle, InFlight, MqttConsumer, MqttEvent, MqttOutbox, PendingWill,
-    Session, Sessions, Subscription,
+    publish_will, ConnectionHandle, Handle, InFlight, MqttConsumer, MqttEvent, MqttOutbox,
+    PendingWill, Session, Sessions, SharedWaker, Subscription,
 };
 
 /// MQTT limits and policies.
@@ -113,6 +112,26 @@ struct Aliases {
     outgoing: HashMap<String, u16>,
 }
 
+/// What a connection that consumes has.
+struct Consuming {
+    outbox: Arc<MqttOutbox>,
+    consumers: Vec<Arc<MqttConsumer>>,
+}
+
+/// The rarely used parts of a connection.
+#[derive(Default)]
+struct Cold {
+    will: Option<Will>,
+    /// Topic aliases in use (MQTT 5 only).
+    aliases: Aliases,
+    close_reason: Option<Box<str>>,
+}
+
+/// `cold`, made now if need be.
+fn cold(cold: &mut Option<Box<Cold>>) -> &mut Cold {
+    cold.get_or_insert_with(Default::default)
+}
+
 struct Will {
     message: Arc<Message>,
     topic: String,
@@ -134,22 +153,22 @@ pub struct MqttConnection {
     last_rx: Instant,
     /// Shared with the session (none before CONNECT).
     client_id: Option<Arc<str>>,
-    user: Box<str>,
+    /// Shared with the user's other connections (none before CONNECT).
+    user: Option<Arc<str>>,
     vhost: Option<Arc<VHost>>,
     session: Option<Arc<Mutex<Session>>>,
-    handle: Arc<ConnectionHandle>,
-    /// Deliveries for this connection; made with its first consumer.
-    outbox: Option<Arc<MqttOutbox>>,
-    consumers: Vec<Arc<MqttConsumer>>,
-    will: Option<Box<Will>>,
+    handle: Arc<dyn Handle>,
+    /// Deliveries for this connection and its consumers; made with its
+    /// first consumer.
+    consuming: Option<Box<Consuming>>,
     client_receive_max: u16,
     client_max_packet: u32,
     client_alias_max: u16,
-    /// Topic aliases in use (MQTT 5 only), made when first needed.
-    aliases: Option<Box<Aliases>>,
     problem_info: bool,
     may_publish: Option<bool>,
-    close_reason: Option<Box<str>>,
+    /// The will, topic aliases and why the connection closed, made when
+    /// one of them is first needed.
+    cold: Option<Box<Cold>>,
     /// PUBACK/PUBREC held until the store has the message on disk, with
     /// the store position each waits for; in the order the PUBLISHes came
     /// (MQTT 4.6: acknowledgements go out in that order).
@@ -162,7 +181,7 @@ pub struct MqttConnection {
 impl std::fmt::Debug for MqttConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttConnection")
-            .field("id", &self.handle.id)
+            .field("id", &self.handle.id())
             .field("client_id", &self.client_id())
             .finish()
     }
@@ -181,11 +200,18 @@ impl MqttConnection {
         now: Instant,
     ) -> Self {
         let id = ctx.broker.next_id();
-        let handle = Arc::new(ConnectionHandle {
-            id,
-            kicked: Default::default(),
-            waker,
-        });
+        let handle = Arc::new(ConnectionHandle::new(id, SharedWaker(waker)));
+        Self::with_handle(ctx, peer, handle, now)
+    }
+
+    /// A new connection from `peer` at `now` whose [`Handle`] (made with
+    /// an id from [`Broker::next_id`]) wakes its task.
+    pub fn with_handle(
+        ctx: Arc<MqttContext>,
+        peer: SocketAddr,
+        handle: Arc<dyn Handle>,
+        now: Instant,
+    ) -> Self {
         Self {
             peer,
             state: State::Connect,
@@ -194,29 +220,41 @@ impl MqttConnection {
             keep_alive: 0,
             last_rx: now,
             client_id: None,
-            user: Box::default(),
+            user: None,
             vhost: None,
             session: None,
             handle,
-            outbox: None,
-            consumers: Vec::new(),
-            will: None,
+            consuming: None,
             client_receive_max: 65535,
             client_max_packet: u32::MAX,
             client_alias_max: 0,
-            aliases: None,
             problem_info: true,
             may_publish: None,
-            close_reason: None,
+            cold: None,
             held_acks: None,
             throttle: Default::default(),
             ctx,
         }
     }
 
+    /// The user ("" before CONNECT).
+    fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or_default()
+    }
+
+    /// The consumers of this connection.
+    fn consumers(&self) -> impl Iterator<Item = &Arc<MqttConsumer>> {
+        self.consuming.iter().flat_map(|x| &x.consumers)
+    }
+
+    /// This connection's waker.
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.handle.clone()
+    }
+
     /// Broker-wide connection id.
     pub fn id(&self) -> u64 {
-        self.handle.id
+        self.handle.id()
     }
 
     /// The client identifier ("" before CONNECT).
@@ -226,7 +264,7 @@ impl MqttConnection {
 
     /// Why the connection ended.
     pub fn close_reason(&self) -> Option<&str> {
-        self.close_reason.as_deref()
+        self.cold.as_ref()?.close_reason.as_deref()
     }
 
     /// Whether the socket should close once pending output is written.
@@ -256,9 +294,10 @@ impl MqttConnection {
             if self.state == State::Connected
                 && (self.throttle.is_blocked()
                     || (buf.first().is_some_and(|b| b >> 4 == 3)
+                        && self.ctx.broker.alarms().blocked()
                         && self
                             .throttle
-                            .publish_received(self.ctx.broker.alarms(), &self.handle.waker)))
+                            .publish_received(self.ctx.broker.alarms(), &self.waker())))
             {
                 return;
             }
@@ -388,7 +427,7 @@ impl MqttConnection {
         if self.throttle.poll_unblock(self.ctx.broker.alarms()) {
             self.last_rx = now; // keepalive starts again
         }
-        let kicked = self.handle.kicked.load(Ordering::Acquire);
+        let kicked = self.handle.kicked();
         if kicked != 0 && self.state == State::Connected {
             self.disconnect_with(kicked, "another connection took over the session", now);
         }
@@ -403,7 +442,7 @@ impl MqttConnection {
             out.extend_from_slice(&self.out);
             self.out.clear();
         }
-        for c in &self.consumers {
+        for c in self.consumers() {
             c.kick_if_starved();
         }
         true
@@ -438,15 +477,25 @@ impl MqttConnection {
         let was_connected = self.state == State::Connected;
         self.state = State::Closed;
         self.throttle.release();
-        if self.close_reason.is_none() {
-            self.close_reason = Some(why.into());
+        let cold = cold(&mut self.cold);
+        if cold.close_reason.is_none() {
+            cold.close_reason = Some(why.into());
         }
         // Detach first, then send back what was not written: a requeued
         // message must not land in this dead connection's outbox again.
-        for c in self.consumers.drain(..) {
+        for c in self
+            .consuming
+            .iter_mut()
+            .flat_map(|x| x.consumers.drain(..))
+        {
             c.queue.remove_consumer(c.id);
         }
-        for ev in self.outbox.as_ref().map(|o| o.drain()).unwrap_or_default() {
+        for ev in self
+            .consuming
+            .as_ref()
+            .map(|x| x.outbox.drain())
+            .unwrap_or_default()
+        {
             let MqttEvent::Deliver(d, c) = ev;
             c.release(1);
             d.queue.requeue(vec![(&d).into()]);
@@ -454,10 +503,9 @@ impl MqttConnection {
         if !was_connected {
             return;
         }
-        let taken_over = self.handle.kicked.load(Ordering::Acquire) != 0;
+        let taken_over = self.handle.kicked() != 0;
         if let Some(session) = self.session.take() {
-            if let Some(w) = self.will.take() {
-                let w = *w;
+            if let Some(w) = self.cold.as_mut().and_then(|c| c.will.take()) {
                 let mut s = session.lock();
                 let delay = w.delay.min(s.expiry);
                 let pending = PendingWill {
@@ -478,7 +526,7 @@ impl MqttConnection {
             }
             self.ctx.sessions.detach(
                 &session,
-                self.handle.id,
+                self.handle.id(),
                 now,
                 self.ctx.config.queue_qos0_offline,
             );
@@ -517,7 +565,7 @@ impl MqttConnection {
             }
             Packet::PubRec(a) => self.pubrec(a),
             Packet::PubRel(a) => {
-                let known = self.session_mut(|s| s.incoming_qos2.remove(&a.packet_id));
+                let known = self.session_mut(|s| s.incoming_qos2_remove(a.packet_id));
                 let reason = if known || self.protocol != Protocol::V5 {
                     0
                 } else {
@@ -558,7 +606,9 @@ impl MqttConnection {
                     }
                 }
                 if d.reason != 0x04 {
-                    self.will = None; // normal disconnect: no will
+                    if let Some(c) = &mut self.cold {
+                        c.will = None;
+                    } // normal disconnect: no will
                 }
                 self.finish("client disconnected", now);
                 Ok(())
@@ -662,7 +712,7 @@ impl MqttConnection {
         if !self.ctx.auth.can_access_vhost(&user, &vhost_name) {
             return self.connack_fail(0x05, 0x87, "not authorised for the vhost", now);
         }
-        self.user = user.into();
+        self.user = Some(self.ctx.sessions.user_name(&user));
         // Keepalive, capped.
         let max_ka = self.ctx.config.max_keepalive;
         let ka = if c.keep_alive > max_ka || (c.keep_alive == 0 && max_ka != u16::MAX) {
@@ -696,16 +746,16 @@ impl MqttConnection {
                 w.retain,
                 w.payload.clone(),
                 v5.then_some(&w.properties),
-                self.handle.id,
+                self.handle.id(),
             );
-            self.will = Some(Box::new(Will {
+            cold(&mut self.cold).will = Some(Will {
                 message: Arc::new(msg),
                 topic: w.topic.to_string(),
                 retain: w.retain,
                 delay: Duration::from_secs(u64::from(
                     w.properties.will_delay_interval.unwrap_or(0),
                 )),
-            }));
+            });
         }
         // Session.
         let attached = match self.ctx.sessions.attach(
@@ -714,7 +764,7 @@ impl MqttConnection {
             c.clean_start,
             expiry.is_zero(),
             self.handle.clone(),
-            self.handle.id,
+            self.handle.id(),
             self.ctx.config.max_queued_messages,
         ) {
             Ok(a) => a,
@@ -782,19 +832,24 @@ impl MqttConnection {
     }
 
     fn consume(&mut self, q: Arc<liebre_core::Queue>) {
-        if self.consumers.iter().any(|c| Arc::ptr_eq(&c.queue, &q)) {
+        if self.consumers().any(|c| Arc::ptr_eq(&c.queue, &q)) {
             return;
         }
         let id = self.ctx.broker.next_id();
+        let waker = self.waker();
         let outbox = self
-            .outbox
+            .consuming
             .get_or_insert_with(|| {
-                Arc::new(MqttOutbox::new(
-                    self.handle.waker.clone(),
-                    self.ctx.config.outbox_max_len,
-                    self.ctx.config.outbox_max_bytes,
-                ))
+                Box::new(Consuming {
+                    outbox: Arc::new(MqttOutbox::new(
+                        waker,
+                        self.ctx.config.outbox_max_len,
+                        self.ctx.config.outbox_max_bytes,
+                    )),
+                    consumers: Vec::new(),
+                })
             })
+            .outbox
             .clone();
         let c = MqttConsumer::new(id, q.clone(), u32::from(self.client_receive_max), outbox);
         let added = q.add_consumer(Consumer {
@@ -805,8 +860,8 @@ impl MqttConnection {
             priority: 0,
             sink: c.clone(),
         });
-        if added.is_ok() {
-            self.consumers.push(c);
+        if let (Ok(_), Some(x)) = (added, &mut self.consuming) {
+            x.consumers.push(c);
         }
     }
 
@@ -841,7 +896,7 @@ impl MqttConnection {
                 if alias == 0 || alias > self.ctx.config.topic_alias_maximum {
                     return Err(Fatal(0x94, format!("topic alias {alias} out of range")));
                 }
-                let aliases = self.aliases.get_or_insert_with(Default::default);
+                let aliases = &mut cold(&mut self.cold).aliases;
                 if p.topic.is_empty() {
                     match aliases.incoming.get(&alias) {
                         Some(t) => t.clone(),
@@ -858,12 +913,12 @@ impl MqttConnection {
             _ => p.topic.clone(),
         };
         if p.qos == QoS::ExactlyOnce {
-            let dup = self.session_mut(|s| !s.incoming_qos2.insert(p.packet_id));
+            let dup = self.session_mut(|s| !s.incoming_qos2_insert(p.packet_id));
             // Only 5.0 clients were told our Receive Maximum; a 3.1.1
             // client's QoS 2 window is bounded by its packet identifiers.
             if !dup
                 && v5
-                && self.session_mut(|s| s.incoming_qos2.len())
+                && self.session_mut(|s| s.incoming_qos2_len())
                     > usize::from(self.ctx.config.receive_maximum)
             {
                 return Err(Fatal(0x93, "receive maximum exceeded".into()));
@@ -884,9 +939,12 @@ impl MqttConnection {
                 .as_ref()
                 .map(|v| v.name().to_owned())
                 .unwrap_or_default();
-            self.ctx
-                .auth
-                .check(&self.user, &vhost, Access::Write, MQTT_EXCHANGE)
+            self.ctx.auth.check(
+                self.user.as_deref().unwrap_or_default(),
+                &vhost,
+                Access::Write,
+                MQTT_EXCHANGE,
+            )
         });
         let mut reason = 0u8;
         let mut lsn = 0;
@@ -908,7 +966,7 @@ impl MqttConnection {
                 p.retain,
                 p.payload.clone(),
                 v5.then_some(&p.properties),
-                self.handle.id,
+                self.handle.id(),
             );
             let msg = Arc::new(msg);
             if p.retain {
@@ -948,7 +1006,7 @@ impl MqttConnection {
             QoS::AtLeastOnce => self.send_ack(lsn, Packet::PubAck(ack)),
             QoS::ExactlyOnce => {
                 if reason >= 0x80 {
-                    self.session_mut(|s| s.incoming_qos2.remove(&p.packet_id));
+                    self.session_mut(|s| s.incoming_qos2_remove(p.packet_id));
                 }
                 self.send_ack(lsn, Packet::PubRec(ack))
             }
@@ -998,7 +1056,7 @@ impl MqttConnection {
         if wait > held.sync_wait {
             if let Some(store) = self.vhost.as_ref().and_then(|v| v.store()) {
                 held.sync_wait = wait;
-                store.wake_when_synced(wait, self.handle.waker.clone());
+                store.wake_when_synced(wait, self.waker());
             }
         }
         self.held_acks = Some(held);
@@ -1007,7 +1065,9 @@ impl MqttConnection {
     // ---- publish out -----------------------------------------------------
 
     fn drain_outbox(&mut self, now: Instant) {
-        let Some(outbox) = &self.outbox else { return };
+        let Some(outbox) = self.consuming.as_ref().map(|x| &x.outbox) else {
+            return;
+        };
         if outbox.is_empty() || self.state != State::Connected {
             return;
         }
@@ -1058,7 +1118,7 @@ impl MqttConnection {
             }
             (matched, qos, !any_local_ok, ids, rap)
         };
-        let own = d.message.origin == self.handle.id;
+        let own = d.message.origin == self.handle.id();
         if !matched || (own && no_local_only) {
             c.release(1);
             d.ack();
@@ -1098,7 +1158,7 @@ impl MqttConnection {
         // Outbound topic alias within the client's maximum.
         let mut wire_topic = topic;
         if v5 && self.client_alias_max > 0 {
-            let aliases = self.aliases.get_or_insert_with(Default::default);
+            let aliases = &mut cold(&mut self.cold).aliases;
             match aliases.outgoing.get(topic) {
                 Some(&a) => {
                     props.topic_alias = Some(a);
@@ -1246,7 +1306,7 @@ impl MqttConnection {
         let may_read = self
             .ctx
             .auth
-            .check(&self.user, vhost.name(), Access::Read, MQTT_EXCHANGE);
+            .check(self.user(), vhost.name(), Access::Read, MQTT_EXCHANGE);
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut retained_to_send = Vec::new();
         for (raw_filter, opts) in &sub.filters {
@@ -1272,7 +1332,7 @@ impl MqttConnection {
                         &name,
                         queue_options(false, self.ctx.config.max_queued_messages),
                         false,
-                        self.handle.id,
+                        self.handle.id(),
                     );
                     match q {
                         Ok(q) => {
@@ -1288,7 +1348,7 @@ impl MqttConnection {
                 None => {
                     let q = session
                         .lock()
-                        .ensure_queue(self.handle.id, self.ctx.config.max_queued_messages);
+                        .ensure_queue(self.handle.id(), self.ctx.config.max_queued_messages);
                     match q {
                         Ok(Some(q)) => {
                             self.consume(q.clone());
@@ -1307,7 +1367,7 @@ impl MqttConnection {
                     MQTT_EXCHANGE,
                     &key,
                     Default::default(),
-                    self.handle.id,
+                    self.handle.id(),
                 )
                 .is_err()
             {
@@ -1386,11 +1446,13 @@ impl MqttConnection {
                     let queue_name = match &sub.share {
                         Some(g) => {
                             let name = shared_queue_name(g, &filter);
-                            if let Some(pos) =
-                                self.consumers.iter().position(|c| *c.queue.name() == *name)
-                            {
-                                let c = self.consumers.remove(pos);
-                                c.queue.remove_consumer(c.id);
+                            if let Some(x) = &mut self.consuming {
+                                if let Some(pos) =
+                                    x.consumers.iter().position(|c| *c.queue.name() == *name)
+                                {
+                                    let c = x.consumers.remove(pos);
+                                    c.queue.remove_consumer(c.id);
+                                }
                             }
                             name
                         }
@@ -1407,7 +1469,7 @@ impl MqttConnection {
                             MQTT_EXCHANGE,
                             &key,
                             Default::default(),
-                            self.handle.id,
+                            self.handle.id(),
                         );
                     }
                     codes.push(0x00);
@@ -1522,7 +1584,7 @@ mod tests {
             vhost.queue(&name).is_none(),
             "an idle clean session has no queue"
         );
-        assert!(conn.outbox.is_none() && conn.consumers.is_empty());
+        assert!(conn.consuming.is_none());
 
         let sub = Packet::Subscribe(Subscribe {
             packet_id: 1,

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::driver::{accept, drive, spawn_connection, Kind, NotifyWaker};
+use crate::driver::{accept, drive, spawn_connection, Connections, Kind, NotifyWaker};
 
 /// Accept AMQP connections until shutdown.
 pub async fn accept_loop(
@@ -17,13 +17,12 @@ pub async fn accept_loop(
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let stop = token.clone();
-    accept(listener, stop, |stream, peer| {
+    let conns = Connections::new(ctx.broker.metrics().clone(), Kind::Amqp);
+    accept(listener, token, &conns.clone(), |stream, peer| {
         let waker = Arc::new(NotifyWaker::default());
         let conn = Connection::new(ctx.clone(), peer, waker.clone(), Instant::now());
-        let metrics = (ctx.broker.metrics().clone(), Kind::Amqp);
         let span = tracing::debug_span!("amqp", %peer);
-        let task = drive(conn, stream.into_split(), waker, token.clone(), metrics);
+        let task = drive(conn, stream.into_split(), waker, conns.clone());
         spawn_connection(&tracker, span, task);
     })
     .await;

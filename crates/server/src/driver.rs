@@ -15,6 +15,8 @@ use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use parking_lot::Mutex;
+
 use liebre_core::{Metrics, Wake};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -143,6 +145,24 @@ impl Wake for NotifyWaker {
     }
 }
 
+/// What a connection task waits on: a [`NotifyWaker`], or something that
+/// holds one (an MQTT connection's handle).
+pub(crate) trait Waiter: Send + Sync + 'static {
+    fn notify(&self) -> &NotifyWaker;
+}
+
+impl Waiter for NotifyWaker {
+    fn notify(&self) -> &NotifyWaker {
+        self
+    }
+}
+
+impl Waiter for liebre_mqtt::session::ConnectionHandle<NotifyWaker> {
+    fn notify(&self) -> &NotifyWaker {
+        &self.waker
+    }
+}
+
 /// Ready once [`Wake::wake`] was called since the last wait ended.
 struct Woken<'a>(&'a NotifyWaker);
 
@@ -169,31 +189,91 @@ impl Drop for Woken<'_> {
     }
 }
 
+/// The connections of one listener, for shutdown to reach: each task's
+/// waker in a slot, woken once shutdown starts, after which every task
+/// sees [`Connections::stopping`]. (Waiting on a `CancellationToken`
+/// instead would keep a 72-byte waiter in every connection's future.)
+pub(crate) struct Connections<W> {
+    metrics: Arc<Metrics>,
+    kind: Kind,
+    stopping: AtomicBool,
+    slots: Mutex<Slots<W>>,
+}
+
+struct Slots<W> {
+    wakers: Vec<Option<Arc<W>>>,
+    free: Vec<u32>,
+}
+
+impl<W: Waiter> Connections<W> {
+    pub(crate) fn new(metrics: Arc<Metrics>, kind: Kind) -> Arc<Self> {
+        Arc::new(Self {
+            metrics,
+            kind,
+            stopping: AtomicBool::new(false),
+            slots: Mutex::new(Slots {
+                wakers: Vec::new(),
+                free: Vec::new(),
+            }),
+        })
+    }
+
+    /// Whether shutdown has started.
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Start shutdown: every connection, present or to come, stops.
+    pub(crate) fn stop(&self) {
+        let slots = self.slots.lock();
+        self.stopping.store(true, Ordering::Release);
+        for w in slots.wakers.iter().flatten() {
+            w.notify().wake();
+        }
+    }
+
+    /// Add a connection, counted open until its [`Registered`] drops.
+    fn register(self: Arc<Self>, waker: Arc<W>) -> Registered<W> {
+        Metrics::add(&self.metrics.connections_total, 1);
+        Metrics::add(open_gauge(&self.metrics, self.kind), 1);
+        let mut slots = self.slots.lock();
+        let slot = match slots.free.pop() {
+            Some(i) => {
+                slots.wakers[i as usize] = Some(waker);
+                i
+            }
+            None => {
+                slots.wakers.push(Some(waker));
+                (slots.wakers.len() - 1) as u32
+            }
+        };
+        drop(slots);
+        Registered { conns: self, slot }
+    }
+}
+
+/// A connection's slot in [`Connections`], given back when it goes (and
+/// it stops counting as open).
+struct Registered<W: Waiter> {
+    conns: Arc<Connections<W>>,
+    slot: u32,
+}
+
+impl<W: Waiter> Drop for Registered<W> {
+    fn drop(&mut self) {
+        let mut slots = self.conns.slots.lock();
+        slots.wakers[self.slot as usize] = None;
+        slots.free.push(self.slot);
+        drop(slots);
+        Metrics::dec(open_gauge(&self.conns.metrics, self.conns.kind));
+    }
+}
+
 /// Which gauge counts a connection while it is open.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {
     Amqp,
     Mqtt,
-}
-
-/// Counts a connection open for as long as it lives.
-struct Open {
-    metrics: Arc<Metrics>,
-    kind: Kind,
-}
-
-impl Open {
-    fn new(metrics: Arc<Metrics>, kind: Kind) -> Self {
-        Metrics::add(&metrics.connections_total, 1);
-        Metrics::add(open_gauge(&metrics, kind), 1);
-        Self { metrics, kind }
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        Metrics::dec(open_gauge(&self.metrics, self.kind));
-    }
 }
 
 fn open_gauge(m: &Metrics, kind: Kind) -> &AtomicU64 {
@@ -208,19 +288,19 @@ fn open_gauge(m: &Metrics, kind: Kind) -> &AtomicU64 {
 /// Not an `async fn`: the arguments of one are stored twice in its future
 /// (rust-lang/rust#62958), and this future is most of what an idle
 /// connection costs.
-pub(crate) fn drive<C, R, W>(
+pub(crate) fn drive<C, R, W, H>(
     mut conn: C,
     (mut rd, mut wr): (R, W),
-    waker: Arc<NotifyWaker>,
-    token: CancellationToken,
-    (metrics, kind): (Arc<Metrics>, Kind),
+    waker: Arc<H>,
+    conns: Arc<Connections<H>>,
 ) -> impl Future<Output = ()>
 where
     C: Driven,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+    H: Waiter,
 {
-    let open = Open::new(metrics, kind);
+    let registered = conns.register(waker.clone());
     async move {
         let mut inbuf = BytesMut::new();
         let mut outbuf = BytesMut::new();
@@ -232,6 +312,10 @@ where
         // The last reads filled what they were given: read big chunks.
         let mut streaming = false;
         loop {
+            if !stopping && registered.conns.stopping() {
+                stopping = true;
+                conn.shutdown(Instant::now());
+            }
             if outbuf.len() < OUTPUT_HIGH_WATER {
                 conn.poll_transmit(&mut outbuf, Instant::now());
             }
@@ -251,10 +335,6 @@ where
                 inbuf.reserve(READ_CHUNK);
             }
             tokio::select! {
-                _ = token.cancelled(), if !stopping => {
-                    stopping = true;
-                    conn.shutdown(Instant::now());
-                }
                 r = poll_fn(|cx| poll_read(&mut rd, &mut inbuf, cx)), if can_read => match r {
                     Ok((0, _)) | Err(_) => {
                         conn.handle_disconnect(Instant::now());
@@ -262,7 +342,7 @@ where
                         outbuf.clear();
                     }
                     Ok((n, filled)) => {
-                        Metrics::add(&open.metrics.bytes_received, n as u64);
+                        Metrics::add(&registered.conns.metrics.bytes_received, n as u64);
                         conn.handle_input(&mut inbuf, Instant::now());
                         stalled = !conn.wants_read();
                         if filled {
@@ -276,7 +356,7 @@ where
                 },
                 w = poll_fn(|cx| Pin::new(&mut wr).poll_write(cx, &outbuf)), if !outbuf.is_empty() => match w {
                     Ok(n) => {
-                        Metrics::add(&open.metrics.bytes_sent, n as u64);
+                        Metrics::add(&registered.conns.metrics.bytes_sent, n as u64);
                         outbuf.advance(n);
                         if outbuf.is_empty() && n < OUTPUT_KEEP {
                             // Not streaming: no buffer kept while idle.
@@ -290,7 +370,7 @@ where
                         outbuf.clear();
                     }
                 },
-                _ = Woken(&waker) => {}
+                _ = Woken(waker.notify()) => {}
                 _ = poll_fn(|cx| timer.poll(cx)), if timer.is_set() => {
                     conn.handle_timeout(Instant::now());
                 }
@@ -344,18 +424,18 @@ impl Timer {
 /// Run `conn` over a WebSocket: binary messages carry the protocol's
 /// bytes, and a packet may span messages. (Not an `async fn`, for the
 /// reason given at [`drive`].)
-pub(crate) fn drive_ws<C, S>(
+pub(crate) fn drive_ws<C, S, H>(
     mut conn: C,
     ws: WebSocketStream<S>,
-    waker: Arc<NotifyWaker>,
-    token: CancellationToken,
-    (metrics, kind): (Arc<Metrics>, Kind),
+    waker: Arc<H>,
+    conns: Arc<Connections<H>>,
 ) -> impl Future<Output = ()>
 where
     C: Driven,
     S: AsyncRead + AsyncWrite + Unpin,
+    H: Waiter,
 {
-    let open = Open::new(metrics, kind);
+    let registered = conns.register(waker.clone());
     async move {
         let (mut sink, mut stream) = ws.split();
         let mut inbuf = BytesMut::new();
@@ -364,10 +444,14 @@ where
         let mut stopping = false;
         let mut stalled = false;
         loop {
+            if !stopping && registered.conns.stopping() {
+                stopping = true;
+                conn.shutdown(Instant::now());
+            }
             conn.poll_transmit(&mut outbuf, Instant::now());
             if !outbuf.is_empty() {
                 let len = outbuf.len();
-                Metrics::add(&open.metrics.bytes_sent, len as u64);
+                Metrics::add(&registered.conns.metrics.bytes_sent, len as u64);
                 let msg = WsMessage::Binary(std::mem::take(&mut outbuf).freeze());
                 if sink.send(msg).await.is_err() {
                     break;
@@ -387,13 +471,9 @@ where
             timer.set(conn.poll_timeout());
             let can_read = conn.wants_read();
             tokio::select! {
-                _ = token.cancelled(), if !stopping => {
-                    stopping = true;
-                    conn.shutdown(Instant::now());
-                }
                 m = stream.next(), if can_read => match m {
                     Some(Ok(WsMessage::Binary(data))) => {
-                        Metrics::add(&open.metrics.bytes_received, data.len() as u64);
+                        Metrics::add(&registered.conns.metrics.bytes_received, data.len() as u64);
                         inbuf.extend_from_slice(&data);
                         conn.handle_input(&mut inbuf, Instant::now());
                         stalled = !conn.wants_read();
@@ -412,7 +492,7 @@ where
                         break;
                     }
                 },
-                _ = Woken(&waker) => {}
+                _ = Woken(waker.notify()) => {}
                 _ = poll_fn(|cx| timer.poll(cx)), if timer.is_set() => {
                     conn.handle_timeout(Instant::now());
                 }
@@ -441,15 +521,21 @@ where
 }
 
 /// Accept connections on `listener` until shutdown, handing each socket
-/// (with TCP_NODELAY set) to `serve`, which spawns its task.
-pub(crate) async fn accept(
+/// (with TCP_NODELAY set) to `serve`, which spawns its task; then stop
+/// `conns`, those of this listener.
+pub(crate) async fn accept<W: Waiter>(
     listener: tokio::net::TcpListener,
     token: CancellationToken,
+    conns: &Connections<W>,
     mut serve: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr),
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = token.cancelled() => return,
+            _ = token.cancelled() => {
+                // The listener closes; every connection it accepted stops.
+                conns.stop();
+                return;
+            }
             a = listener.accept() => a,
         };
         match accepted {

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::driver::{accept, drive, drive_ws, spawn_connection, Kind, NotifyWaker};
+use crate::driver::{accept, drive, drive_ws, spawn_connection, Connections, Kind, NotifyWaker};
+use liebre_mqtt::session::ConnectionHandle;
 
 /// Accept MQTT connections until shutdown.
 pub async fn accept_loop(
@@ -22,13 +23,12 @@ pub async fn accept_loop(
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let stop = token.clone();
-    accept(listener, stop, |stream, peer| {
-        let waker = Arc::new(NotifyWaker::default());
-        let conn = MqttConnection::new(ctx.clone(), peer, waker.clone(), Instant::now());
-        let metrics = (ctx.broker.metrics().clone(), Kind::Mqtt);
+    let conns = Connections::new(ctx.broker.metrics().clone(), Kind::Mqtt);
+    accept(listener, token, &conns.clone(), |stream, peer| {
+        let handle = new_handle(&ctx);
+        let conn = MqttConnection::with_handle(ctx.clone(), peer, handle.clone(), Instant::now());
         let span = tracing::debug_span!("mqtt", %peer);
-        let task = drive(conn, stream.into_split(), waker, token.clone(), metrics);
+        let task = drive(conn, stream.into_split(), handle, conns.clone());
         spawn_connection(&tracker, span, task);
     })
     .await;
@@ -41,10 +41,10 @@ pub async fn accept_ws_loop(
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let stop = token.clone();
-    accept(listener, stop, |stream, peer| {
+    let conns = Connections::new(ctx.broker.metrics().clone(), Kind::Mqtt);
+    accept(listener, token, &conns.clone(), |stream, peer| {
         let ctx = ctx.clone();
-        let token = token.clone();
+        let conns = conns.clone();
         let conn_tracker = tracker.clone();
         let span = tracing::debug_span!("mqtt-ws", %peer);
         spawn_connection(&tracker, span.clone(), async move {
@@ -62,16 +62,23 @@ pub async fn accept_ws_loop(
                 }
                 Err(_) => return,
             };
-            let waker = Arc::new(NotifyWaker::default());
-            let metrics = (ctx.broker.metrics().clone(), Kind::Mqtt);
-            let conn = MqttConnection::new(ctx, peer, waker.clone(), Instant::now());
+            let handle = new_handle(&ctx);
+            let conn = MqttConnection::with_handle(ctx, peer, handle.clone(), Instant::now());
             // A task of its own, sized for the connection rather than
             // for the handshake.
-            let task = drive_ws(conn, ws, waker, token, metrics);
+            let task = drive_ws(conn, ws, handle, conns);
             spawn_connection(&conn_tracker, span, task);
         });
     })
     .await;
+}
+
+/// A new connection's handle, which is also its waker.
+fn new_handle(ctx: &MqttContext) -> Arc<ConnectionHandle<NotifyWaker>> {
+    Arc::new(ConnectionHandle::new(
+        ctx.broker.next_id(),
+        NotifyWaker::default(),
+    ))
 }
 
 /// WebSocket limits. tungstenite reads at most `read_buffer_size` bytes
@@ -119,7 +126,7 @@ mod tests {
 
     /// Most of what an idle MQTT connection costs is its task, which tokio
     /// rounds up to a multiple of 128 bytes (plus about 110 bytes of its
-    /// own): a future of at most 528 bytes takes 640. Growing past that
+    /// own): a future of at most 400 bytes takes 512. Growing past that
     /// costs every idle connection 128 bytes more.
     #[tokio::test]
     async fn an_idle_mqtt_connection_task_stays_small() {
@@ -134,19 +141,17 @@ mod tests {
             sessions: Default::default(),
             config: Default::default(),
         });
-        let waker = Arc::new(NotifyWaker::default());
-        let conn = MqttConnection::new(ctx, peer, waker.clone(), Instant::now());
-        let metrics = (broker.metrics().clone(), Kind::Mqtt);
+        let handle = new_handle(&ctx);
+        let conn = MqttConnection::with_handle(ctx, peer, handle.clone(), Instant::now());
         let task = drive(
             conn,
             stream.into_split(),
-            waker,
-            CancellationToken::new(),
-            metrics,
+            handle,
+            Connections::new(broker.metrics().clone(), Kind::Mqtt),
         );
         let size = std::mem::size_of_val(&task);
         assert!(
-            size <= 528,
+            size <= 400,
             "the MQTT connection future grew to {size} bytes"
         );
     }
