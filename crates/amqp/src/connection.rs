@@ -1446,6 +1446,13 @@ impl Connection {
     /// has them on disk (and everything after them on the channel waits
     /// too, to keep the order); the connection asks the store to wake it.
     fn flush_confirms(&mut self) {
+        if self
+            .channels
+            .values()
+            .all(|c| c.confirms.is_empty() && c.commit_oks.is_empty())
+        {
+            return;
+        }
         let store = self.vhost.as_ref().and_then(|v| v.store()).cloned();
         let synced = store.as_ref().map_or(u64::MAX, |s| s.synced());
         let mut wait = 0u64;
