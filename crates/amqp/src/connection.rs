@@ -117,7 +117,7 @@ pub struct Connection {
     capabilities: Capabilities,
     close_reason: Option<String>,
     /// The store position this connection asked to be woken at.
-    sync_wait: u64,
+    sync_wait: liebre_core::persistence::SyncWait,
     /// Stopped reading: published while a resource alarm was on.
     throttle: Throttle,
     /// `connection.blocked` went out; `connection.unblocked` is owed.
@@ -160,7 +160,7 @@ impl Connection {
             outbox,
             capabilities: Capabilities::default(),
             close_reason: None,
-            sync_wait: 0,
+            sync_wait: Default::default(),
             throttle: Throttle::default(),
             blocked_sent: false,
             ctx,
@@ -1492,9 +1492,9 @@ impl Connection {
                 i = j + 1;
             }
         }
-        if let Some(store) = store.filter(|_| wait > self.sync_wait) {
-            self.sync_wait = wait;
-            store.wake_when_synced(wait, self.outbox.waker().clone());
+        if let (Some(store), true) = (store, wait > 0) {
+            self.sync_wait
+                .wake_at(store.as_ref(), wait, || self.outbox.waker().clone());
         }
     }
 

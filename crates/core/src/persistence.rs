@@ -87,6 +87,28 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
 /// they near the head of the queue).
 pub const DEFAULT_MAX_LOADED: usize = 2048;
 
+/// The store position a connection last asked to be woken at, so that it
+/// registers again only for a later one (confirms and PUBACKs held for
+/// the disk, in both protocols).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyncWait(u64);
+
+impl SyncWait {
+    /// Ask `store` to wake the connection once `lsn` is synced, unless it
+    /// already asked for `lsn` or later.
+    pub fn wake_at(
+        &mut self,
+        store: &dyn MessageStore,
+        lsn: u64,
+        waker: impl FnOnce() -> Arc<dyn Wake>,
+    ) {
+        if lsn > self.0 {
+            self.0 = lsn;
+            store.wake_when_synced(lsn, waker());
+        }
+    }
+}
+
 /// A queue's link to the store: the store and the queue's id in it.
 #[derive(Clone)]
 pub(crate) struct QueueStore {

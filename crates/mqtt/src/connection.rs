@@ -102,7 +102,7 @@ struct HeldAcks {
     /// Each with the store position it waits for.
     acks: VecDeque<(u64, Packet)>,
     /// The store position this connection asked to be woken at.
-    sync_wait: u64,
+    sync_wait: liebre_core::persistence::SyncWait,
 }
 
 /// Topic aliases of an MQTT 5 connection, both ways.
@@ -1053,11 +1053,9 @@ impl MqttConnection {
         let Some(&(wait, _)) = held.acks.back() else {
             return; // all sent: the box goes
         };
-        if wait > held.sync_wait {
-            if let Some(store) = self.vhost.as_ref().and_then(|v| v.store()) {
-                held.sync_wait = wait;
-                store.wake_when_synced(wait, self.waker());
-            }
+        if let Some(store) = self.vhost.as_ref().and_then(|v| v.store()) {
+            held.sync_wait
+                .wake_at(store.as_ref(), wait, || self.waker());
         }
         self.held_acks = Some(held);
     }

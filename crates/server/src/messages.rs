@@ -73,11 +73,6 @@ impl StoredMessages {
         })
     }
 
-    /// The log itself (statistics, health).
-    pub fn log(&self) -> &MessageLog {
-        &self.log
-    }
-
     /// Put recovered messages back into their queues. Messages of queue
     /// ids that no longer name a durable queue are dropped from the log.
     pub fn restore(&self, broker: &Broker, recovered: Recovered) -> anyhow::Result<()> {
