@@ -282,6 +282,23 @@ impl Entry {
     }
 }
 
+/// A level keeps at least this many slots of capacity however far it
+/// drains (a few KiB), so a queue hovering around empty does not
+/// reallocate.
+const KEPT_CAPACITY: usize = 64;
+
+/// Returns memory after a backlog drains: a level using less than a
+/// quarter of its capacity shrinks to twice its length. Shrinking costs
+/// O(len) and the next shrink needs the length to halve again, so this is
+/// amortised O(1) per message; a queue that held millions of messages
+/// does not keep tens of MiB of empty slots.
+fn give_back<T>(level: &mut VecDeque<T>) {
+    let cap = level.capacity();
+    if cap > KEPT_CAPACITY && level.len() < cap / 4 {
+        level.shrink_to((level.len() * 2).max(KEPT_CAPACITY));
+    }
+}
+
 /// How many paged-out messages are read back at once.
 const PAGE_IN_BATCH: usize = 256;
 
@@ -350,7 +367,9 @@ impl Ready {
     }
 
     fn pop_front(&mut self) -> Option<Entry> {
-        let e = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
+        let level = self.levels.iter_mut().rev().find(|l| !l.is_empty())?;
+        let e = level.pop_front()?;
+        give_back(level);
         self.len -= 1;
         self.bytes -= e.size();
         self.loaded -= usize::from(e.is_loaded());
@@ -363,7 +382,10 @@ impl Ready {
 
     fn clear(&mut self) -> usize {
         let n = self.len;
-        self.levels.iter_mut().for_each(VecDeque::clear);
+        for level in &mut self.levels {
+            level.clear();
+            give_back(level);
+        }
         self.len = 0;
         self.bytes = 0;
         self.loaded = 0;
@@ -1222,5 +1244,42 @@ impl Queue {
                 reason,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_level_gives_its_memory_back() {
+        let mut level: VecDeque<u64> = (0..1_000_000).collect();
+        assert!(level.capacity() >= 1_000_000);
+        while level.len() > 10 {
+            level.pop_front();
+            give_back(&mut level);
+        }
+        assert!(
+            level.capacity() <= 2 * KEPT_CAPACITY,
+            "{} slots kept for 10 entries",
+            level.capacity()
+        );
+        assert_eq!(
+            level.iter().copied().collect::<Vec<_>>(),
+            (999_990..1_000_000).collect::<Vec<_>>()
+        );
+        level.clear();
+        give_back(&mut level);
+        assert!(level.capacity() <= KEPT_CAPACITY * 2);
+    }
+
+    #[test]
+    fn a_small_queue_keeps_its_slots() {
+        let mut level: VecDeque<u64> = VecDeque::with_capacity(KEPT_CAPACITY);
+        level.push_back(1);
+        let cap = level.capacity();
+        level.pop_front();
+        give_back(&mut level);
+        assert_eq!(level.capacity(), cap, "no reallocation around empty");
     }
 }

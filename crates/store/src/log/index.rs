@@ -109,6 +109,9 @@ pub(crate) struct Acked {
     pub(crate) died: bool,
 }
 
+/// Below this many slots the live table is never shrunk.
+const KEPT_LIVE: usize = 1024;
+
 /// Live messages and segments.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
@@ -175,8 +178,26 @@ impl Index {
             if let Some(s) = self.segments.get_mut(&segment) {
                 s.live = s.live.saturating_sub(1);
             }
+            self.give_back();
         }
         Some(Acked { segment, died })
+    }
+
+    /// Returns memory once a large backlog is gone: a table using less than
+    /// a quarter of its capacity is rebuilt at twice its length. The next
+    /// shrink needs the length to halve again, so the O(len) rebuild is
+    /// amortised O(1) per ack (and never happens below [`KEPT_LIVE`]).
+    fn give_back(&mut self) {
+        let cap = self.live.capacity();
+        if cap > KEPT_LIVE && self.live.len() < cap / 4 {
+            self.live.shrink_to((self.live.len() * 2).max(KEPT_LIVE));
+        }
+    }
+
+    /// Slots the live table has room for (memory held, in entries).
+    #[cfg(test)]
+    pub(crate) fn live_capacity(&self) -> usize {
+        self.live.capacity()
     }
 
     /// Notes that an ack record in `from` acknowledges a message in `to`.
@@ -286,6 +307,30 @@ mod tests {
         assert_eq!(ix.segments[&1].live, 0);
         assert_eq!(ix.live_messages(), 0);
         assert_eq!(ix.location(10), None);
+    }
+
+    #[test]
+    fn memory_is_given_back_after_a_backlog_drains() {
+        let mut ix = Index::default();
+        ix.add_segment(1, 0);
+        for id in 1..=200_000 {
+            ix.add_message(1, id * 40, id, vec![1]);
+        }
+        let full = ix.live_capacity();
+        assert!(full >= 200_000);
+        for id in 1..=199_990 {
+            assert!(ix.ack(1, id).is_some());
+        }
+        assert_eq!(ix.live_messages(), 10);
+        assert!(
+            ix.live_capacity() <= 2 * KEPT_LIVE,
+            "{} slots kept for 10 messages",
+            ix.live_capacity()
+        );
+        // What is left is intact.
+        for id in 199_991..=200_000 {
+            assert_eq!(ix.location(id), Some((1, id * 40)));
+        }
     }
 
     #[test]
