@@ -103,6 +103,8 @@ def run_load(cmd, pid):
 
 
 LIEBRE = os.path.join(ROOT, "target/release/liebre")
+MANY_QUEUES = ("--queues", "1000", "--producers", "1000", "--consumers", "1000")
+MANY_TOPICS = ("--topics", "1000", "--publishers", "1000", "--subscribers", "1000")
 
 
 def bench_loads(args, liebre_pid, mosquitto):
@@ -117,6 +119,10 @@ def bench_loads(args, liebre_pid, mosquitto):
         "AMQP 64 KiB transient, 1 to 1": [
             ("Liebre", amqp(5699, "--size", "65536", "--max-in-flight", "500"), liebre_pid),
             ("RabbitMQ", amqp(5673, "--size", "65536", "--max-in-flight", "500"), rabbitmq_pid())],
+        # Many queues, the way RabbitMQ's PerfTest runs them: one producer
+        # and one consumer connection per queue.
+        "AMQP 16 B transient, 1,000 queues": [
+            ("Liebre", amqp(5699, *MANY_QUEUES), liebre_pid), ("RabbitMQ", amqp(5673, *MANY_QUEUES), rabbitmq_pid())],
         "AMQP latency at 1000 msg/s": [
             ("Liebre", amqp(5699, "--rate", "1000"), liebre_pid), ("RabbitMQ", amqp(5673, "--rate", "1000"), rabbitmq_pid())],
     }
@@ -135,6 +141,10 @@ def bench_loads(args, liebre_pid, mosquitto):
                 extra = ("--qos", qos, "--subscribers", subs)
                 loads[f"MQTT QoS {qos} 16 B, 1 to {subs}"] = [
                     ("Liebre", mqtt(1899, *extra), liebre_pid), ("Mosquitto", mqtt(MOSQ_PORT, *extra), mosquitto.pid)]
+        for qos in ("0", "1"):
+            extra = ("--qos", qos, *MANY_TOPICS)
+            loads[f"MQTT QoS {qos} 16 B, 1,000 topics"] = [
+                ("Liebre", mqtt(1899, *extra), liebre_pid), ("Mosquitto", mqtt(MOSQ_PORT, *extra), mosquitto.pid)]
         extra = ("--qos", "1", "--rate", "1000")
         loads["MQTT QoS 1 latency at 1000 msg/s"] = [
             ("Liebre", mqtt(1899, *extra), liebre_pid), ("Mosquitto", mqtt(MOSQ_PORT, *extra), mosquitto.pid)]

@@ -33,9 +33,9 @@ use crate::stats::Recorder;
 /// The channel every benchmark connection uses.
 const CH: u16 = 1;
 /// Largest frame the client proposes.
-const CLIENT_FRAME_MAX: u32 = 131_072;
+pub(crate) const CLIENT_FRAME_MAX: u32 = 131_072;
 /// Most messages one `produce` call writes.
-const BATCH: u64 = 4096;
+pub(crate) const BATCH: u64 = 4096;
 
 /// The parts of an `amqp://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,26 +312,34 @@ impl AmqpIo {
     }
 
     /// connection.close, awaiting close-ok briefly.
-    pub(crate) async fn close(mut self) {
-        let _ = self
-            .send(Method::ConnectionClose(ConnectionClose {
+    pub(crate) async fn close(self) {
+        let _ = self.try_close(Duration::from_secs(2)).await;
+    }
+
+    /// connection.close, then close-ok within `limit`, else an error. The
+    /// socket is dropped after close-ok: in AMQP the peer that receives
+    /// close-ok closes the socket.
+    pub(crate) async fn try_close(mut self, limit: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(limit, async {
+            self.send(Method::ConnectionClose(ConnectionClose {
                 reply_code: 200,
                 reply_text: short("bye"),
                 class_id: 0,
                 method_id: 0,
             }))
-            .await;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.expect(0, |m| matches!(m, Method::ConnectionCloseOk)),
-        )
-        .await;
+            .await?;
+            self.expect(0, |m| matches!(m, Method::ConnectionCloseOk))
+                .await
+                .map(drop)
+        })
+        .await
+        .with_context(|| format!("no connection.close-ok within {limit:?}"))?
     }
 }
 
 /// Calls `f(kind, channel, payload)` for every complete frame at the front
 /// of `input`; returns the bytes they took.
-fn scan_frames(
+pub(crate) fn scan_frames(
     input: &[u8],
     mut f: impl FnMut(u8, u16, &[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {

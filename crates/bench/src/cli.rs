@@ -1,4 +1,4 @@
-//! The command line: `liebre bench amqp|mqtt|connections`.
+//! The command line: `liebre bench amqp|mqtt|connections|relay`.
 
 use std::path::PathBuf;
 
@@ -34,6 +34,13 @@ pub enum BenchCommand {
         after_help = "Examples:\n  liebre bench connections --count 10000 --pid $(pgrep -x liebre)\n  liebre bench connections --protocol mqtt --count 60000 --source-ips 3"
     )]
     Connections(ConnArgs),
+    /// The floor for the client: the same frames as `amqp`/`mqtt`, through
+    /// a raw TCP relay instead of a broker; reports the client's CPU per
+    /// million messages.
+    #[command(
+        after_help = "Examples:\n  liebre bench relay --duration 5s\n  liebre bench relay --protocol mqtt --qos 1 --size 1024 --json"
+    )]
+    Relay(RelayArgs),
 }
 
 /// Options every load run shares: size, pattern, limits, output.
@@ -255,19 +262,34 @@ pub struct ConnArgs {
     pub count: u32,
     /// Source addresses to cycle through: 127.0.0.1 .. 127.0.0.N, each
     /// good for about 28,000 ephemeral ports [default: enough for --count
-    /// on a loopback broker, else 1].
+    /// on a loopback broker, else 1; with --churn: 1, no bind, as binding
+    /// cannot reuse ports in TIME_WAIT].
     #[arg(long)]
     pub source_ips: Option<u8>,
     /// Connections opened at the same time (above the broker's listen
     /// backlog, often 128, some connects wait for a SYN retransmit: 1 s).
+    /// With --churn: workers, each cycling one connection at a time; 100
+    /// keeps the broker busy, so cycle latency includes queueing (use a
+    /// few for unloaded latency).
     #[arg(long, default_value_t = 100)]
     pub concurrency: u32,
+    /// Churn instead of holding: each worker connects, handshakes, closes
+    /// cleanly (AMQP connection.close / close-ok, MQTT DISCONNECT) and
+    /// starts over, for --duration. Reports cycles/s, cycle latency and,
+    /// with --pid, the broker's CPU per cycle and its memory before and
+    /// after, e.g. `--churn --protocol mqtt --pid $(pgrep -x liebre)`.
+    #[arg(long, conflicts_with_all = ["count", "hold"])]
+    pub churn: bool,
+    /// Run time with --churn: seconds, or with a unit (500ms, 10s, 2m).
+    #[arg(long, value_name = "T", default_value = "10s", value_parser = parse_duration_ns, requires = "churn")]
+    pub duration: u64,
     /// Seconds to hold the connections open once all are up (the memory
     /// reading is taken at the end of it).
     #[arg(long, value_parser = parse_duration_ns, default_value = "2s")]
     pub hold: u64,
     /// The broker's process id: read its VmRSS from /proc before and
-    /// after to report memory per connection.
+    /// after to report memory per connection (with --churn also its CPU
+    /// time, per cycle).
     #[arg(long)]
     pub pid: Option<u32>,
     /// Print one JSON object instead of the table.
@@ -276,6 +298,53 @@ pub struct ConnArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// Protocol whose frames `liebre bench relay` moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RelayProtocol {
+    /// AMQP 0-9-1: basic.publish, content header and body frames.
+    Amqp,
+    /// MQTT 3.1.1: PUBLISH packets.
+    Mqtt,
+}
+
+/// `liebre bench relay`.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Whose frames to move.
+    #[arg(long, value_enum, default_value_t = RelayProtocol::Amqp)]
+    pub protocol: RelayProtocol,
+    /// Message size in bytes (at least 16: sequence number and send time).
+    #[arg(long, default_value_t = 16)]
+    pub size: usize,
+    /// Run time: seconds, or with a unit (500ms, 10s, 2m).
+    #[arg(long, value_name = "T", default_value = "5s", value_parser = parse_duration_ns)]
+    pub duration: u64,
+    /// MQTT QoS of the PUBLISH packets: 0, or 1 (with a packet identifier;
+    /// nothing acknowledges them, as there is no broker).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Most messages sent and not yet consumed.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_in_flight: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RelayArgs {
+    /// Checks values clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.size >= 16, "--size must be at least 16 (the stamp)");
+        anyhow::ensure!(self.duration > 0, "--duration must be positive");
+        anyhow::ensure!(self.max_in_flight > 0, "--max-in-flight must be positive");
+        anyhow::ensure!(
+            self.qos == 0 || self.protocol == RelayProtocol::Mqtt,
+            "--qos applies to --protocol mqtt"
+        );
+        Ok(())
+    }
 }
 
 /// Parses `10`, `2.5`, `500ms`, `10s`, `2m`, `1h` into nanoseconds.
@@ -462,6 +531,65 @@ mod tests {
         );
         assert_eq!(c.hold, NS);
         assert_eq!(c.source_ips, None);
+        assert!(!c.churn);
+        assert_eq!(c.duration, 10 * NS);
+    }
+
+    #[test]
+    fn connections_churn_options() {
+        let BenchCommand::Connections(c) = parse(&[
+            "connections",
+            "--churn",
+            "--duration",
+            "3s",
+            "--concurrency",
+            "8",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert!(c.churn);
+        assert_eq!((c.duration, c.concurrency), (3 * NS, 8));
+        assert_eq!((c.protocol, c.source_ips), (ConnProtocol::Amqp, None));
+        // --duration means nothing without --churn; --count and --hold
+        // nothing with it.
+        assert!(parse(&["connections", "--duration", "3s"]).is_err());
+        assert!(parse(&["connections", "--churn", "--count", "5"]).is_err());
+        assert!(parse(&["connections", "--churn", "--hold", "1"]).is_err());
+    }
+
+    #[test]
+    fn relay_options() {
+        let BenchCommand::Relay(r) = parse(&["relay"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.protocol, r.size, r.qos), (RelayProtocol::Amqp, 16, 0));
+        assert_eq!((r.duration, r.max_in_flight), (5 * NS, 10_000));
+        r.validate().unwrap();
+        let BenchCommand::Relay(r) = parse(&[
+            "relay",
+            "--protocol",
+            "mqtt",
+            "--size",
+            "64",
+            "--duration",
+            "1s",
+            "--qos",
+            "1",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.protocol, r.size, r.duration, r.qos, r.json),
+            (RelayProtocol::Mqtt, 64, NS, 1, false)
+        );
+        r.validate().unwrap();
+        assert!(parse(&["relay", "--qos", "2"]).is_err());
+        let BenchCommand::Relay(r) = parse(&["relay", "--qos", "1"]).unwrap() else {
+            panic!()
+        };
+        assert!(r.validate().is_err(), "--qos is for mqtt");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! liebre bench mqtt [--publishers N --subscribers N --topics N --qos 0|1|2
 //!                    --persistent --v5]
 //! liebre bench connections --count N [--protocol amqp|mqtt|tcp --pid PID]
+//! liebre bench connections --churn --duration T [--concurrency N --pid PID]
+//! liebre bench relay [--protocol amqp|mqtt --size B --qos 0|1]
 //! ```
 //!
 //! plus, for `amqp` and `mqtt`, a load pattern (`--burst N`,
@@ -32,6 +34,7 @@ pub mod pace;
 pub mod payload;
 mod procfs;
 mod progress;
+mod relay;
 mod report;
 mod run;
 pub mod stats;
@@ -40,10 +43,11 @@ mod svg;
 pub use amqp::{run_amqp, AmqpUrl};
 pub use cli::{
     parse_duration_ns, AmqpArgs, BenchArgs, BenchCommand, ConnArgs, ConnProtocol, LoadArgs,
-    MqttArgs,
+    MqttArgs, RelayArgs, RelayProtocol,
 };
 pub use conns::{run_connections, ConnReport};
 pub use mqtt::run_mqtt;
+pub use relay::{run_relay, RelayReport};
 pub use report::{Latency, Report, TimelinePoint};
 pub use svg::render as render_svg;
 
@@ -54,6 +58,20 @@ use anyhow::Context as _;
 /// run could not start or any connection failed during it.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
+        BenchCommand::Relay(r) => {
+            let report = run_relay(&r)?;
+            if r.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            anyhow::ensure!(
+                report.errors.is_empty(),
+                "the run had {} error(s)",
+                report.errors.len()
+            );
+            Ok(())
+        }
         BenchCommand::Amqp(a) => {
             let rt = run::runtime(a.load.threads)?;
             let report = rt.block_on(run_amqp(&a))?;
@@ -74,6 +92,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
             } else {
                 print!("{}", report.to_table());
+            }
+            if let Some(cycles) = report.cycles {
+                anyhow::ensure!(
+                    report.failed == 0,
+                    "{} of {} connection cycles failed",
+                    report.failed,
+                    cycles + report.failed
+                );
             }
             anyhow::ensure!(
                 report.failed == 0,

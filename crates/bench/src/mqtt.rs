@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use liebre_mqtt_codec::{
-    decode, encode, write_publish, Connect, Packet, Properties, Protocol, QoS, Str, Subscribe,
-    SubscriptionOptions,
+    decode, encode, write_publish, Connect, EncodeError, Packet, Properties, Protocol, QoS, Str,
+    Subscribe, SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,7 +26,7 @@ use crate::run::{self, Generator, Plan, Session, Shared, Wake, HIGH_WATER};
 use crate::stats::Recorder;
 
 /// Most messages one `produce` call writes.
-const BATCH: u64 = 4096;
+pub(crate) const BATCH: u64 = 4096;
 /// Default limit on unacknowledged QoS 1/2 publications in 3.1.1, which
 /// has no Receive Maximum to learn the broker's limit from (Liebre applies
 /// its 1024 to 3.1.1 clients too).
@@ -175,13 +175,23 @@ impl MqttConn {
     }
 
     /// Sends DISCONNECT and waits briefly for the socket to close.
-    pub(crate) async fn disconnect(mut self) {
-        let _ = self.stream.write_all(&[0xE0, 0x00]).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    pub(crate) async fn disconnect(self) {
+        let _ = self.try_disconnect(Duration::from_secs(2)).await;
+    }
+
+    /// Sends DISCONNECT and waits up to `limit` for the broker to close
+    /// the socket (end of stream), else an error. The broker closing
+    /// first leaves TIME_WAIT on its side, not on the client's ports.
+    pub(crate) async fn try_disconnect(mut self, limit: Duration) -> anyhow::Result<()> {
+        self.stream.write_all(&[0xE0, 0x00]).await?;
+        tokio::time::timeout(limit, async {
             let mut buf = [0u8; 4096];
-            while matches!(self.stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            while self.stream.read(&mut buf).await? > 0 {}
+            anyhow::Ok(())
         })
-        .await;
+        .await
+        .with_context(|| format!("the broker did not close within {limit:?} of DISCONNECT"))?
+        .context("reading after DISCONNECT")
     }
 }
 
@@ -203,7 +213,7 @@ fn varint(b: &[u8]) -> anyhow::Result<Option<(usize, usize)>> {
 
 /// Calls `f(first_byte, body)` for every complete packet at the front of
 /// `input`; returns the bytes they took.
-fn scan_packets(
+pub(crate) fn scan_packets(
     input: &[u8],
     mut f: impl FnMut(u8, &[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
@@ -240,6 +250,48 @@ fn disconnect_error(body: &[u8]) -> anyhow::Error {
         Some(code) => anyhow::anyhow!("the broker sent DISCONNECT with reason {code:#04x}"),
         None => anyhow::anyhow!("the broker sent DISCONNECT"),
     }
+}
+
+/// Appends one PUBLISH of `scratch` (the message, `--size` bytes) after
+/// stamping it with `producer`, `seq` and `sent_ns`: what a publisher
+/// writes per message.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn put_publish(
+    out: &mut BytesMut,
+    protocol: Protocol,
+    qos: QoS,
+    topic: &str,
+    packet_id: u16,
+    scratch: &mut [u8],
+    producer: u32,
+    seq: u64,
+    sent_ns: u64,
+) -> Result<(), EncodeError> {
+    payload::stamp(scratch, producer, seq, sent_ns);
+    write_publish(
+        out, protocol, false, qos, false, topic, packet_id, None, scratch,
+    )
+}
+
+/// The QoS, packet identifier (0 at QoS 0) and payload of a PUBLISH
+/// packet, from its first byte and body (what [`scan_packets`] hands out).
+pub(crate) fn publish_parts(first: u8, body: &[u8], v5: bool) -> anyhow::Result<(u8, u16, &[u8])> {
+    let qos = (first >> 1) & 3;
+    let topic_len = usize::from(u16::from_be_bytes(
+        body.get(0..2).context("short PUBLISH")?.try_into()?,
+    ));
+    let mut at = 2 + topic_len;
+    let mut id = 0;
+    if qos > 0 {
+        id = u16::from_be_bytes(body.get(at..at + 2).context("short PUBLISH")?.try_into()?);
+        at += 2;
+    }
+    if v5 {
+        let (len, n) =
+            varint(body.get(at..).unwrap_or_default())?.context("short PUBLISH properties")?;
+        at += n + len;
+    }
+    Ok((qos, id, body.get(at..).context("short PUBLISH")?))
 }
 
 /// A set of packet identifiers (1..=65535).
@@ -420,18 +472,17 @@ impl Session for Publisher {
                         None => break,
                     }
                 };
-                payload::stamp(&mut self.scratch, self.gen.id, seq0 + i, now_ns);
                 // Cannot fail: the topic is short and the size was checked.
-                let _ = write_publish(
+                let _ = put_publish(
                     out,
                     self.protocol,
-                    false,
                     self.qos,
-                    false,
                     &self.topic,
                     id,
-                    None,
-                    &self.scratch,
+                    &mut self.scratch,
+                    self.gen.id,
+                    seq0 + i,
+                    now_ns,
                 );
                 written += 1;
             }
@@ -482,24 +533,7 @@ impl Session for Subscriber {
         let used = scan_packets(input, |first, body| {
             match first >> 4 {
                 3 => {
-                    let qos = (first >> 1) & 3;
-                    let topic_len = usize::from(u16::from_be_bytes(
-                        body.get(0..2).context("short PUBLISH")?.try_into()?,
-                    ));
-                    let mut at = 2 + topic_len;
-                    let mut id = 0;
-                    if qos > 0 {
-                        id = u16::from_be_bytes(
-                            body.get(at..at + 2).context("short PUBLISH")?.try_into()?,
-                        );
-                        at += 2;
-                    }
-                    if v5 {
-                        let (len, n) = varint(body.get(at..).unwrap_or_default())?
-                            .context("short PUBLISH properties")?;
-                        at += n + len;
-                    }
-                    let payload = body.get(at..).context("short PUBLISH")?;
+                    let (qos, id, payload) = publish_parts(first, body, v5)?;
                     let stamp = payload::parse(payload);
                     match qos {
                         0 => rec.record(stamp, now_ns),

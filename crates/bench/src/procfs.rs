@@ -1,5 +1,5 @@
-//! Reading `/proc`: this process's CPU time and a process's resident
-//! memory. Linux only; elsewhere the numbers are absent.
+//! Reading `/proc`: this process's or thread's CPU time and a process's
+//! resident memory. Linux only; elsewhere the numbers are absent.
 
 /// Clock ticks per second of `/proc/*/stat` (`USER_HZ`, 100 on every
 /// Linux architecture the kernel exports to user space).
@@ -9,6 +9,13 @@ const USER_HZ: f64 = 100.0;
 /// threads that already exited included.
 pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_cpu(&stat)
+}
+
+/// User and system CPU seconds of the calling thread, from
+/// `/proc/thread-self/stat` (Linux 3.17 and later).
+pub(crate) fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
     parse_stat_cpu(&stat)
 }
 
@@ -64,6 +71,7 @@ mod tests {
         let stat = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 3 0 1000 1000000 200 18446744073709551615";
         assert_eq!(parse_stat_cpu(stat), Some(3.0));
         assert!(cpu_seconds("self").is_some_and(|s| s >= 0.0));
+        assert!(thread_cpu_seconds().is_some_and(|s| s >= 0.0));
     }
 
     #[test]

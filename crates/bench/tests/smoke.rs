@@ -242,3 +242,101 @@ async fn idle_connections() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churned_connections() {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let dir = data_dir("churn");
+    let server = Server::start(Config::ephemeral(&dir)).await.unwrap();
+    let url = format!("amqp://guest:guest@{}/%2F", server.amqp_addrs()[0]);
+    let port = server.mqtt_addrs()[0].port().to_string();
+    let pid = std::process::id().to_string();
+    let metrics = server.broker().metrics().clone();
+    for (protocol, target) in [("amqp", ["--url", &url]), ("mqtt", ["--port", &port])] {
+        let BenchCommand::Connections(args) = parse(&[
+            "connections",
+            "--churn",
+            "--protocol",
+            protocol,
+            target[0],
+            target[1],
+            "--duration",
+            "1s",
+            "--concurrency",
+            "4",
+            "--pid",
+            &pid,
+            "--no-progress",
+        ]) else {
+            panic!("not connections")
+        };
+        let report = tokio::time::timeout(LIMIT, run_connections(&args))
+            .await
+            .expect("finished in time")
+            .expect("ran");
+        let cycles = report.cycles.expect("a churn report");
+        assert!(cycles > 0, "{report:#?}");
+        assert_eq!(report.failed, 0, "{report:#?}");
+        assert!(report.errors.is_empty(), "{report:#?}");
+        assert_eq!(report.cycle_latency_us.as_ref().unwrap().count, cycles);
+        assert!(report.broker_cpu_s.is_some() && report.broker_rss_after.is_some());
+        assert!(report.to_table().contains("--churn"));
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["cycles"], cycles);
+        // Every connection is gone on the broker's side too (its task may
+        // finish just after the client saw the close).
+        let open = || {
+            (
+                metrics.amqp_connections.load(Relaxed),
+                metrics.mqtt_connections.load(Relaxed),
+                server.mqtt().sessions.len(),
+            )
+        };
+        for _ in 0..100 {
+            if open() == (0, 0, 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(open(), (0, 0, 0), "{protocol}: left open on the broker");
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The relay baseline: the bench's frames through a raw TCP relay, no
+/// broker. Every message arrives once, in order, and the client's CPU is
+/// measured.
+#[test]
+fn relay_amqp_and_mqtt_qos1() {
+    for args in [
+        &["relay", "--duration", "300ms"][..],
+        &[
+            "relay",
+            "--protocol",
+            "mqtt",
+            "--qos",
+            "1",
+            "--duration",
+            "300ms",
+        ][..],
+    ] {
+        let BenchCommand::Relay(a) = parse(args) else {
+            panic!("not relay")
+        };
+        let report = liebre_bench::run_relay(&a).expect("ran");
+        assert!(report.errors.is_empty(), "errors: {:?}", report.errors);
+        assert!(report.consumed > 0, "{report:#?}");
+        assert_eq!(report.consumed, report.published, "{report:#?}");
+        assert_eq!((report.lost, report.duplicated, report.foreign), (0, 0, 0));
+        assert!(
+            report.client_cpu_s_per_million.is_some_and(|c| c > 0.0),
+            "{report:#?}"
+        );
+        assert!(report.relay_cpu_s.is_some() && report.relay_bytes > 0);
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(v["lost"], 0);
+        assert!(report.to_table().contains("per million messages"));
+    }
+}
