@@ -239,6 +239,7 @@ fn decode_payload(kind: u8, channel: u16, payload: Bytes) -> Result<Frame, Codec
                     method_id: 0,
                     reason,
                 })?;
+            let properties = Box::new(properties);
             let header = ContentHeader {
                 class_id,
                 body_size,

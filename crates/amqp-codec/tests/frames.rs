@@ -346,7 +346,7 @@ fn write_content_splits_the_body_at_frame_max() {
         Frame::Header { channel: 4, header } => {
             assert_eq!(header.body_size, body.len() as u64);
             assert_eq!(header.class_id, 60);
-            assert_eq!(header.properties, BasicProperties::default());
+            assert_eq!(*header.properties, BasicProperties::default());
         }
         other => panic!("{other:?}"),
     }

@@ -436,7 +436,7 @@ fn raw_properties_are_written_verbatim() {
     let header = ContentHeader {
         class_id: 60,
         body_size: 0,
-        properties: props,
+        properties: Box::new(props),
         raw_properties: raw.clone(),
     };
     let mut out = BytesMut::new();

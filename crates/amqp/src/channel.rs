@@ -16,7 +16,7 @@ pub(crate) struct PendingPublish {
     pub exchange: ShortStr,
     pub routing_key: ShortStr,
     pub mandatory: bool,
-    pub header: Option<(BasicProperties, Bytes, u64)>,
+    pub header: Option<(Box<BasicProperties>, Bytes, u64)>,
     pub body: BodyParts,
 }
 

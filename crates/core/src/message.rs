@@ -19,7 +19,9 @@ pub struct Message {
     /// Routing key it was published with.
     pub routing_key: ShortStr,
     /// Decoded properties, for routing (headers), expiry and persistence.
-    pub properties: BasicProperties,
+    /// Boxed (see `ContentHeader::properties`): taken over from the
+    /// decoded header without a copy.
+    pub properties: Box<BasicProperties>,
     /// The properties exactly as they travel on the wire (flags + list), so
     /// a delivery writes them out without re-encoding.
     pub raw_properties: Bytes,
@@ -35,14 +37,14 @@ impl Message {
     pub fn new(
         exchange: ShortStr,
         routing_key: ShortStr,
-        properties: BasicProperties,
+        properties: impl Into<Box<BasicProperties>>,
         raw_properties: Bytes,
         body: Bytes,
     ) -> Self {
         Self {
             exchange,
             routing_key,
-            properties,
+            properties: properties.into(),
             raw_properties,
             body,
             origin: 0,
@@ -53,9 +55,10 @@ impl Message {
     pub fn with_properties(
         exchange: ShortStr,
         routing_key: ShortStr,
-        properties: BasicProperties,
+        properties: impl Into<Box<BasicProperties>>,
         body: Bytes,
     ) -> Self {
+        let properties = properties.into();
         let raw_properties = encode_properties(&properties);
         Self::new(exchange, routing_key, properties, raw_properties, body)
     }

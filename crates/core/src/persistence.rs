@@ -238,7 +238,7 @@ mod tests {
         assert_eq!(at, 1_700_000_000_123);
         assert_eq!(&*back.routing_key, "plant.north.state");
         assert_eq!(&*back.exchange, "amq.topic");
-        assert_eq!(back.properties, props);
+        assert_eq!(*back.properties, props);
         assert_eq!(&back.body[..], b"online");
         for cut in 0..rec.len() - b"online".len() {
             assert!(decode_record(&rec.slice(..cut)).is_none(), "cut at {cut}");

@@ -1066,7 +1066,7 @@ mod tests {
         Arc::new(Message::with_properties(
             ShortStr::from(""),
             ShortStr::from(rk),
-            Default::default(),
+            liebre_amqp_codec::BasicProperties::default(),
             Bytes::copy_from_slice(body.as_bytes()),
         ))
     }

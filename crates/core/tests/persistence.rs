@@ -1708,7 +1708,7 @@ fn record_roundtrip_with_headers_and_an_empty_body() {
     assert_eq!(back_at, at);
     assert_eq!(&*back.exchange, "orders");
     assert_eq!(&*back.routing_key, "eu.created");
-    assert_eq!(back.properties, props);
+    assert_eq!(*back.properties, props);
     assert_eq!(back.raw_properties, m.raw_properties);
     assert!(back.body.is_empty());
     assert!(back.is_persistent());
@@ -1735,7 +1735,7 @@ fn record_roundtrip_with_empty_names_and_no_properties() {
     let (back, at) = decode_record(&record).expect("decodes");
     assert_eq!(at, 0);
     assert!(back.exchange.is_empty() && back.routing_key.is_empty());
-    assert_eq!(back.properties, BasicProperties::default());
+    assert_eq!(*back.properties, BasicProperties::default());
     assert!(back.body.is_empty());
     assert!(!back.is_persistent());
 }

@@ -625,7 +625,7 @@ mod tests {
         let back = decode_message(&encode_message(&m)).expect("decodes");
         assert_eq!(&*back.routing_key, "plant.north.state");
         assert_eq!(&*back.exchange, "amq.topic");
-        assert_eq!(back.properties, props);
+        assert_eq!(*back.properties, props);
         assert_eq!(&back.body[..], b"online");
         assert!(decode_message(&encode_message(&m)[..5]).is_none());
     }

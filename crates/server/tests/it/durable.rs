@@ -171,7 +171,7 @@ async fn retained_messages_survive_a_restart_and_clearing_is_remembered() {
             std::sync::Arc::new(liebre_core::Message::with_properties(
                 "amq.topic".into(),
                 "plant.north.state".into(),
-                Default::default(),
+                liebre_amqp_codec::BasicProperties::default(),
                 bytes::Bytes::from_static(body),
             ))
         };
