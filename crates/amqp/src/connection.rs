@@ -6,7 +6,6 @@
 //! ([`Connection::poll_timeout`]). It owns no socket and reads no clock, so
 //! heartbeats and every error path are testable without a network.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use liebre_amqp_codec::{
     FieldValue, Frame, Method, ShortStr,
 };
 use liebre_auth::{Access, AuthError, AuthStore};
-use liebre_core::{Broker, Consumer, Message, Metrics, QueueOptions, Throttle, VHost};
+use liebre_core::{Broker, Consumer, FastMap, Message, Metrics, QueueOptions, Throttle, VHost};
 use tracing::debug;
 
 use crate::channel::{
@@ -110,7 +109,7 @@ pub struct Connection {
     user: String,
     vhost: Option<Arc<VHost>>,
     /// Boxed: a `Channel` is large, and the map keeps room for several.
-    channels: HashMap<u16, Box<Channel>>,
+    channels: FastMap<u16, Box<Channel>>,
     outbox: Arc<Outbox>,
     /// What the client announced in `capabilities` of its
     /// `connection.start-ok` (the rest of its properties is not kept).
@@ -156,7 +155,7 @@ impl Connection {
             deadline: Some(now + ctx.config.handshake_timeout),
             user: String::new(),
             vhost: None,
-            channels: HashMap::new(),
+            channels: FastMap::default(),
             outbox,
             capabilities: Capabilities::default(),
             close_reason: None,

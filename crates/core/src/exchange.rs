@@ -1,6 +1,5 @@
 //! Exchanges and their bindings, indexed per exchange type.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use liebre_amqp_codec::{FieldTable, FieldValue, ShortStr};
@@ -9,6 +8,7 @@ use parking_lot::RwLock;
 use crate::message::Message;
 use crate::queue::Queue;
 use crate::topic::{split_amqp, MatchOptions, TopicTrie};
+use crate::FastMap;
 
 /// The four exchange types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,7 @@ pub struct Binding {
 #[derive(Debug, Default)]
 struct Bindings {
     all: Vec<Binding>,
-    direct: HashMap<ShortStr, Vec<Destination>>,
+    direct: FastMap<ShortStr, Vec<Destination>>,
     topic: TopicTrie<Destination>,
 }
 

@@ -48,3 +48,10 @@ pub use queue::{
     Consumer, ConsumerSink, Got, Queue, QueueArgs, QueueOptions, QueueStats, Returned,
 };
 pub use vhost::{PublishOutcome, VHost};
+
+/// The hash map of the publish path: names of exchanges and queues,
+/// direct bindings, a connection's channels. foldhash instead of the
+/// standard SipHash: several lookups per message made hashing a visible
+/// share of the publish path's profile, and foldhash keeps a random
+/// per-process seed, so keys a client picks do not make it predictable.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -10,7 +10,7 @@
 //! Words are split by the caller ([`split_amqp`]) so the same trie can serve
 //! MQTT's `/`-separated topics.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 /// Split an AMQP routing key or binding key into words. The empty key has no
 /// words (as RabbitMQ's `split_topic_key`), so `#` matches it and `*` does not.
@@ -23,7 +23,7 @@ pub fn split_amqp(key: &str) -> impl Iterator<Item = &str> + Clone {
 /// values of patterns that end here.
 #[derive(Debug)]
 struct Node<T> {
-    words: HashMap<Box<str>, Node<T>>,
+    words: FastMap<Box<str>, Node<T>>,
     star: Option<Box<Node<T>>>,
     hash: Option<Box<Node<T>>>,
     values: Vec<T>,
@@ -32,7 +32,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Self {
-            words: HashMap::new(),
+            words: FastMap::default(),
             star: None,
             hash: None,
             values: Vec::new(),

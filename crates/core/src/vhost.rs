@@ -1,6 +1,5 @@
 //! A virtual host: its exchanges, queues and bindings, and routing.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -14,6 +13,7 @@ use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOpti
 use crate::message::{Clock, Message};
 use crate::persistence::QueueStore;
 use crate::queue::{DeathReason, Enqueued, Queue, QueueArgs, QueueOptions};
+use crate::FastMap;
 
 /// Prefix of the hidden per-channel queues behind direct reply-to.
 pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
@@ -51,8 +51,8 @@ pub struct PublishOutcome {
 pub struct VHost {
     name: String,
     clock: Arc<dyn Clock>,
-    exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
-    queues: RwLock<HashMap<ShortStr, Arc<Queue>>>,
+    exchanges: RwLock<FastMap<ShortStr, Arc<Exchange>>>,
+    queues: RwLock<FastMap<ShortStr, Arc<Queue>>>,
     retained: crate::retained::Retained,
     metrics: Arc<crate::metrics::Metrics>,
     definitions: std::sync::OnceLock<Arc<dyn crate::Definitions>>,
@@ -89,7 +89,7 @@ impl VHost {
             name: name.to_owned(),
             clock,
             exchanges: RwLock::new(exchanges),
-            queues: RwLock::new(HashMap::new()),
+            queues: RwLock::new(FastMap::default()),
             retained: Default::default(),
             metrics,
             definitions: std::sync::OnceLock::new(),
@@ -307,7 +307,7 @@ impl VHost {
 
     fn has_bindings_to_exchange(
         &self,
-        exchanges: &HashMap<ShortStr, Arc<Exchange>>,
+        exchanges: &FastMap<ShortStr, Arc<Exchange>>,
         name: &str,
     ) -> bool {
         let dest = Destination::Exchange(ShortStr::from(name));
