@@ -182,6 +182,7 @@ impl QueueIds<'_> {
         self.0.chunks_exact(4).map(le_u32)
     }
 
+    #[cfg(test)]
     pub(crate) fn to_vec(self) -> Vec<u32> {
         self.iter().collect()
     }

@@ -155,7 +155,7 @@ pub(crate) fn recover(
                 Ok(Record::Message { id, queues, .. }) => {
                     report.records += 1;
                     next_id = next_id.max(id.saturating_add(1));
-                    if !index.add_message(number, offset, id, queues.to_vec()) {
+                    if !index.add_message(number, offset, id, queues.iter()) {
                         tracing::warn!(message = "Ignoring a repeated message id.", id, path = %path.display());
                     }
                 }
@@ -246,17 +246,16 @@ fn recovered_queues(
     let mut queues = Queues::new();
     // (segment, offset, id) of the messages whose body is returned.
     let mut wanted: Vec<(u64, u64, u64)> = Vec::new();
-    for id in index.live_ids() {
+    for m in index.live_in_order() {
         let mut needed = false;
-        for queue in index.queues_of(id) {
+        for queue in m.queues() {
             let list = queues.entry(queue).or_default();
             needed |= list.len() < budget;
-            list.push((id, None));
+            list.push((m.id, None));
         }
         if needed {
-            if let Some((segment, offset)) = index.location(id) {
-                wanted.push((segment, offset, id));
-            }
+            let (segment, offset) = m.location();
+            wanted.push((segment, offset, m.id));
         }
     }
     wanted.sort_unstable();
