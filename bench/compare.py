@@ -7,7 +7,7 @@ run_mosquitto.sh), starts a release build of Liebre, then runs the same
 load programs against each, interleaved A B A B, and reports medians, the
 broker's CPU seconds per run (from /proc), and ratios.
 
-    python3 bench/compare.py                 # 3 rounds of 5 s each
+    python3 bench/compare.py                 # 3 rounds of 4 s each
     python3 bench/compare.py --only persistent
     python3 bench/compare.py --rounds 5 --seconds 15 --skip-mqtt
     python3 bench/compare.py --client libs   # the lapin/rumqttc examples instead
@@ -109,8 +109,12 @@ MANY_TOPICS = ("--topics", "1000", "--publishers", "1000", "--subscribers", "100
 
 def bench_loads(args, liebre_pid, mosquitto):
     """The issue 5 loads, driven by `liebre bench` (a lean client)."""
-    d = ["--duration", str(args.seconds), "--json", "--no-progress"]
-    amqp = lambda port, *extra: [LIEBRE, "bench", "amqp", "--url", f"amqp://guest:guest@127.0.0.1:{port}/%2F", *d, *extra]
+    d = ["--json", "--no-progress"]
+    # p99 of a few seconds at 1000 msg/s rests on a few dozen samples:
+    # the fixed-rate loads run at least 10 s.
+    LATENCY = ("--rate", "1000", "--duration", str(max(args.seconds, 10)))
+    amqp = lambda port, *extra: [LIEBRE, "bench", "amqp", "--url", f"amqp://guest:guest@127.0.0.1:{port}/%2F", *d,
+                                 *(() if "--duration" in extra else ("--duration", str(args.seconds))), *extra]
     loads = {
         "AMQP 16 B transient, 1 to 1": [
             ("Liebre", amqp(5699), liebre_pid), ("RabbitMQ", amqp(5673), rabbitmq_pid())],
@@ -124,7 +128,7 @@ def bench_loads(args, liebre_pid, mosquitto):
         "AMQP 16 B transient, 1,000 queues": [
             ("Liebre", amqp(5699, *MANY_QUEUES), liebre_pid), ("RabbitMQ", amqp(5673, *MANY_QUEUES), rabbitmq_pid())],
         "AMQP latency at 1000 msg/s": [
-            ("Liebre", amqp(5699, "--rate", "1000"), liebre_pid), ("RabbitMQ", amqp(5673, "--rate", "1000"), rabbitmq_pid())],
+            ("Liebre", amqp(5699, *LATENCY), liebre_pid), ("RabbitMQ", amqp(5673, *LATENCY), rabbitmq_pid())],
     }
     # Persistent messages on durable queues, each confirmed only after the
     # broker's fsync (both brokers' defaults).
@@ -135,7 +139,8 @@ def bench_loads(args, liebre_pid, mosquitto):
             loads[f"AMQP {'1 KiB' if size == '1024' else '16 B'} persistent + confirms, {producers} producer(s)"] = [
                 ("Liebre", amqp(5699, *extra), liebre_pid), ("RabbitMQ", amqp(5673, *extra), rabbitmq_pid())]
     if mosquitto is not None:
-        mqtt = lambda port, *extra: [LIEBRE, "bench", "mqtt", "--port", str(port), *d, *extra]
+        mqtt = lambda port, *extra: [LIEBRE, "bench", "mqtt", "--port", str(port), *d,
+                                     *(() if "--duration" in extra else ("--duration", str(args.seconds))), *extra]
         for qos in ("0", "1"):
             for subs in ("1", "100"):
                 extra = ("--qos", qos, "--subscribers", subs)
@@ -145,7 +150,7 @@ def bench_loads(args, liebre_pid, mosquitto):
             extra = ("--qos", qos, *MANY_TOPICS)
             loads[f"MQTT QoS {qos} 16 B, 1,000 topics"] = [
                 ("Liebre", mqtt(1899, *extra), liebre_pid), ("Mosquitto", mqtt(MOSQ_PORT, *extra), mosquitto.pid)]
-        extra = ("--qos", "1", "--rate", "1000")
+        extra = ("--qos", "1", *LATENCY)
         loads["MQTT QoS 1 latency at 1000 msg/s"] = [
             ("Liebre", mqtt(1899, *extra), liebre_pid), ("Mosquitto", mqtt(MOSQ_PORT, *extra), mosquitto.pid)]
     return loads
@@ -203,6 +208,36 @@ def idle_round(broker, count):
         shutil.rmtree(data, ignore_errors=True)
 
 
+def churn_targets(liebre_pid, mosquitto):
+    """Connection churn: connect, handshake, clean close, in a loop."""
+    churn = [LIEBRE, "bench", "connections", "--churn", "--json", "--no-progress"]
+    targets = {
+        "AMQP": [("Liebre", [*churn, "--protocol", "amqp", "--url", "amqp://guest:guest@127.0.0.1:5699/%2F"], liebre_pid),
+                 ("RabbitMQ", [*churn, "--protocol", "amqp", "--url", "amqp://guest:guest@127.0.0.1:5673/%2F"],
+                  rabbitmq_pid())],
+    }
+    if mosquitto is not None:
+        targets["MQTT"] = [("Liebre", [*churn, "--protocol", "mqtt", "--port", "1899"], liebre_pid),
+                           ("Mosquitto", [*churn, "--protocol", "mqtt", "--port", str(MOSQ_PORT)], mosquitto.pid)]
+    return targets
+
+
+def relay_floor(args):
+    """`liebre bench relay`: the client's cost of moving the same frames
+    through a raw TCP relay (no broker), per protocol."""
+    out = {}
+    for name, extra in (("AMQP 16 B", ("--protocol", "amqp")), ("MQTT QoS 0 16 B", ("--protocol", "mqtt")),
+                        ("MQTT QoS 1 16 B", ("--protocol", "mqtt", "--qos", "1", "--max-in-flight", "1024"))):
+        runs = []
+        for _ in range(args.rounds):
+            # The relay involves no broker and varies little: 2 s is plenty.
+            res = subprocess.run([LIEBRE, "bench", "relay", *extra, "--duration", "2", "--json"],
+                                 check=True, cwd=ROOT, capture_output=True, text=True).stdout
+            runs.append(json.loads([l for l in res.splitlines() if l.startswith("{")][-1]))
+        out[name] = runs
+    return out
+
+
 def rate_of(r):
     """Messages per second from either kind of load program."""
     return r.get("consume_rate") or r.get("msgs_per_sec") or r.get("delivered_per_sec") or 0.0
@@ -219,7 +254,7 @@ def p99_of(r):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--only", help="run only the loads whose name contains this text")
     ap.add_argument("--connections", type=int, default=10000, help="idle MQTT connections to open")
     ap.add_argument("--skip-mqtt", action="store_true")
@@ -257,16 +292,33 @@ def main():
         loads = {k: v for k, v in loads.items() if args.only in k}
     results = {}
     idle = {}
+    churn = {}
+    relay = {}
     try:
         for name, targets in loads.items():
             for r in range(args.rounds):
                 for broker, cmd, pid in targets:  # interleaved: A B A B ...
+                    if "--rate" in cmd:
+                        # Let the brokers settle after the heavy loads
+                        # (RabbitMQ deleting 1,000 queues, say) so the
+                        # latency run does not share the CPU with that.
+                        time.sleep(2)
                     res = run_load(cmd, pid)
                     results.setdefault(name, {}).setdefault(broker, []).append(res)
                     p99 = p99_of(res)
                     lat = f", p99 {p99} µs" if p99 is not None else ""
                     print(f"{name} | round {r + 1} | {broker}: {rate_of(res):,.0f} msg/s{lat}, "
                           f"broker CPU {res['broker_cpu_s']:.2f} s", file=sys.stderr)
+        if not args.only or "churn" in args.only:
+            for proto, targets in churn_targets(liebre.pid, mosquitto).items():
+                for r in range(args.rounds):
+                    for broker, cmd, pid in targets:
+                        res = run_load([*cmd, "--pid", str(pid), "--duration", str(min(args.seconds, 3))], pid)
+                        churn.setdefault(proto, {}).setdefault(broker, []).append(res)
+                        print(f"{proto} churn | round {r + 1} | {broker}: {res['cycles_per_s']:,.0f} cycles/s, "
+                              f"broker {res['broker_cpu_us_per_cycle']:,.0f} µs CPU per cycle", file=sys.stderr)
+        if not args.only or "relay" in args.only:
+            relay = relay_floor(args)
         if mosquitto is not None and (not args.only or "idle" in args.only):
             # Idle connections: the broker's resident memory before and
             # after opening them (`liebre bench connections --pid`), each
@@ -306,6 +358,33 @@ def main():
                 p99_ratio = f"{base[1] / p99:.2f}" if p99 and base[1] else ""
                 print(f"| {name} | {broker} | {rate:,.0f} | {p99_txt} | {cpu:.2f} | "
                       f"{base[0] / rate:.2f}x | {cpu / base[2]:.2f}x | {p99_ratio} |")
+    if churn:
+        print()
+        print("| connection churn | broker | cycles per s (median) | p99 cycle µs (median) | broker CPU µs per cycle (median) | efficiency, other / Liebre |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for proto, by_broker in churn.items():
+            med = {b: (statistics.median(r["cycles_per_s"] for r in runs),
+                       statistics.median(r["cycle_latency_us"]["p99"] for r in runs),
+                       statistics.median(r["broker_cpu_us_per_cycle"] for r in runs)) for b, runs in by_broker.items()}
+            for b, (rate, p99, cpu) in med.items():
+                ratio = "" if b == "Liebre" else f"{cpu / med['Liebre'][2]:.2f}x"
+                print(f"| {proto} | {b} | {rate:,.0f} | {p99:,.0f} | {cpu:,.1f} | {ratio} |")
+        results["connection churn"] = churn
+    if relay:
+        print()
+        print("| client CPU s per 1M msgs (median) | raw TCP relay (floor) | liebre bench against Liebre | against the other broker |")
+        print("| --- | ---: | ---: | ---: |")
+        against = {"AMQP 16 B": "AMQP 16 B transient, 1 to 1", "MQTT QoS 0 16 B": "MQTT QoS 0 16 B, 1 to 1",
+                   "MQTT QoS 1 16 B": "MQTT QoS 1 16 B, 1 to 1"}
+        for name, runs in relay.items():
+            floor = statistics.median(r["client_cpu_s_per_million"] for r in runs)
+            cells = []
+            for broker_runs in (results.get(against[name]) or {}).values():
+                vals = [r["client_cpu_s_per_million"] for r in broker_runs if r.get("client_cpu_s_per_million")]
+                cells.append(f"{statistics.median(vals):.3f}" if vals else "")
+            cells += [""] * (2 - len(cells))
+            print(f"| {name} | {floor:.3f} | {cells[0]} | {cells[1]} |")
+        results["relay"] = relay
     if idle:
         print()
         print(f"| {args.connections:,} idle MQTT connections | broker | bytes per connection (median) | connections opened per s (median) | memory, Liebre / other |")
