@@ -245,20 +245,6 @@ fn source_ip(n: u32, sources: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 1 + (n % u32::from(sources.max(1))) as u8)
 }
 
-/// Percentiles of `hist`, absent when empty.
-fn latency(hist: &Histogram<u64>) -> Option<Latency> {
-    (!hist.is_empty()).then(|| Latency {
-        count: hist.len(),
-        min: hist.min(),
-        mean: (hist.mean() * 10.0).round() / 10.0,
-        p50: hist.value_at_quantile(0.5),
-        p90: hist.value_at_quantile(0.9),
-        p99: hist.value_at_quantile(0.99),
-        p99_9: hist.value_at_quantile(0.999),
-        max: hist.max(),
-    })
-}
-
 /// Keeps `e` unless it is already there or enough are.
 fn note_error(errors: &Mutex<Vec<String>>, e: String) {
     let mut errors = errors.lock().unwrap_or_else(PoisonError::into_inner);
@@ -440,7 +426,7 @@ pub async fn run_connections(args: &ConnArgs) -> anyhow::Result<ConnReport> {
     bar.finish_and_clear();
     let opened = held.len() as u64;
     drop(held);
-    let latency = latency(&hist);
+    let latency = Latency::of(&hist);
     let per = match (rss_before, rss_after) {
         (Some(b), Some(a)) if opened > 0 => {
             Some(((a as f64 - b as f64) / opened as f64 * 10.0).round() / 10.0)
@@ -603,7 +589,7 @@ async fn churn(
     let rate = (cycles as f64 / elapsed.max(1e-6)).round();
     let (cycle_latency, connect_latency) = {
         let h = c.hists.lock().unwrap_or_else(PoisonError::into_inner);
-        (latency(&h.0), latency(&h.1))
+        (Latency::of(&h.0), Latency::of(&h.1))
     };
     let mut errors = std::mem::take(&mut *c.errors.lock().unwrap_or_else(PoisonError::into_inner));
     if let (Some(p), None) = (args.pid, broker_cpu) {

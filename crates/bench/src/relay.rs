@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use crate::cli::{RelayArgs, RelayProtocol};
 use crate::pace::NS;
 use crate::payload::{self, Clock, Stamp, STAMP_LEN};
-use crate::report::{thousands, Latency};
+use crate::report::{thousands, write_client_cpu, write_latency, Latency};
 use crate::run::HIGH_WATER;
 use crate::stats::new_histogram;
 use crate::{amqp, mqtt, procfs};
@@ -574,17 +574,7 @@ pub fn run_relay(args: &RelayArgs) -> anyhow::Result<RelayReport> {
         _ => None,
     };
     let moved = sent.sent.max(tally.received);
-    let h = &tally.latency;
-    let latency_us = (!h.is_empty()).then(|| Latency {
-        count: h.len(),
-        min: h.min(),
-        mean: (h.mean() * 10.0).round() / 10.0,
-        p50: h.value_at_quantile(0.5),
-        p90: h.value_at_quantile(0.9),
-        p99: h.value_at_quantile(0.99),
-        p99_9: h.value_at_quantile(0.999),
-        max: h.max(),
-    });
+    let latency_us = Latency::of(&tally.latency);
     Ok(RelayReport {
         protocol: match args.protocol {
             RelayProtocol::Amqp => "amqp".into(),
@@ -661,37 +651,9 @@ impl RelayReport {
             row(&mut s, "foreign", self.foreign, None);
         }
         let _ = writeln!(s);
-        match &self.latency_us {
-            Some(l) => {
-                let _ = writeln!(
-                    s,
-                    "  latency µs   {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                    "p50", "p90", "p99", "p99.9", "max", "mean"
-                );
-                let _ = writeln!(
-                    s,
-                    "  {:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.0}",
-                    "", l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean
-                );
-            }
-            None => {
-                let _ = writeln!(s, "  latency      (no messages)");
-            }
-        }
+        write_latency(&mut s, self.latency_us.as_ref(), "no messages");
         if let Some(cpu) = self.client_cpu_s {
-            let pct = if self.elapsed_s > 0.0 {
-                cpu / self.elapsed_s * 100.0
-            } else {
-                0.0
-            };
-            let per = self.client_cpu_s_per_million.map_or(String::new(), |p| {
-                format!(", {p:.3} s per million messages")
-            });
-            let _ = writeln!(
-                s,
-                "  client CPU   {cpu:.2} s over {:.2} s ({pct:.0}% of one core){per}",
-                self.elapsed_s
-            );
+            write_client_cpu(&mut s, cpu, self.elapsed_s, self.client_cpu_s_per_million);
         }
         if let Some(cpu) = self.relay_cpu_s {
             let per_msg = self

@@ -31,6 +31,60 @@ pub struct Latency {
     pub max: u64,
 }
 
+impl Latency {
+    /// The percentiles of `hist`; `None` when it is empty.
+    pub fn of(hist: &hdrhistogram::Histogram<u64>) -> Option<Self> {
+        (!hist.is_empty()).then(|| Self {
+            count: hist.len(),
+            min: hist.min(),
+            mean: (hist.mean() * 10.0).round() / 10.0,
+            p50: hist.value_at_quantile(0.5),
+            p90: hist.value_at_quantile(0.9),
+            p99: hist.value_at_quantile(0.99),
+            p99_9: hist.value_at_quantile(0.999),
+            max: hist.max(),
+        })
+    }
+}
+
+/// Table lines shared by the load and relay reports: the latency
+/// percentiles (or `empty` when nothing was measured).
+pub(crate) fn write_latency(s: &mut String, latency: Option<&Latency>, empty: &str) {
+    match latency {
+        Some(l) => {
+            let _ = writeln!(
+                s,
+                "  latency µs   {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "p50", "p90", "p99", "p99.9", "max", "mean"
+            );
+            let _ = writeln!(
+                s,
+                "  {:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.0}",
+                "", l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  latency      ({empty})");
+        }
+    }
+}
+
+/// The client CPU line shared by the load and relay reports.
+pub(crate) fn write_client_cpu(s: &mut String, cpu: f64, elapsed_s: f64, per_million: Option<f64>) {
+    let pct = if elapsed_s > 0.0 {
+        cpu / elapsed_s * 100.0
+    } else {
+        0.0
+    };
+    let per = per_million.map_or(String::new(), |p| {
+        format!(", {p:.3} s per million messages")
+    });
+    let _ = writeln!(
+        s,
+        "  client CPU   {cpu:.2} s over {elapsed_s:.2} s ({pct:.0}% of one core){per}"
+    );
+}
+
 /// One second of the run.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TimelinePoint {
@@ -155,16 +209,7 @@ pub(crate) fn build(
     for r in &outcome.recorders {
         let _ = hist.add(&r.latency);
     }
-    let latency_us = (!hist.is_empty()).then(|| Latency {
-        count: hist.len(),
-        min: hist.min(),
-        mean: (hist.mean() * 10.0).round() / 10.0,
-        p50: hist.value_at_quantile(0.5),
-        p90: hist.value_at_quantile(0.9),
-        p99: hist.value_at_quantile(0.99),
-        p99_9: hist.value_at_quantile(0.999),
-        max: hist.max(),
-    });
+    let latency_us = Latency::of(&hist);
 
     let secs = outcome
         .producers
@@ -300,37 +345,9 @@ impl Report {
             row(&mut s, "foreign", self.foreign, None);
         }
         let _ = writeln!(s);
-        match &self.latency_us {
-            Some(l) => {
-                let _ = writeln!(
-                    s,
-                    "  latency µs   {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                    "p50", "p90", "p99", "p99.9", "max", "mean"
-                );
-                let _ = writeln!(
-                    s,
-                    "  {:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.0}",
-                    "", l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean
-                );
-            }
-            None => {
-                let _ = writeln!(s, "  latency      (no deliveries)");
-            }
-        }
+        write_latency(&mut s, self.latency_us.as_ref(), "no deliveries");
         if let Some(cpu) = self.client_cpu_s {
-            let pct = if self.elapsed_s > 0.0 {
-                cpu / self.elapsed_s * 100.0
-            } else {
-                0.0
-            };
-            let per = self.client_cpu_s_per_million.map_or(String::new(), |p| {
-                format!(", {p:.3} s per million messages")
-            });
-            let _ = writeln!(
-                s,
-                "  client CPU   {cpu:.2} s over {:.2} s ({pct:.0}% of one core){per}",
-                self.elapsed_s
-            );
+            write_client_cpu(&mut s, cpu, self.elapsed_s, self.client_cpu_s_per_million);
         }
         if self.broker_blocked {
             let _ = writeln!(s, "  the broker blocked publishers (connection.blocked)");
