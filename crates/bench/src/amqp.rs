@@ -337,6 +337,16 @@ impl AmqpIo {
     }
 }
 
+/// The body size a content header frame's payload announces (after class
+/// and weight).
+pub(crate) fn content_body_size(header: &[u8]) -> anyhow::Result<u64> {
+    header
+        .get(4..12)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .context("short content header")
+}
+
 /// Calls `f(kind, channel, payload)` for every complete frame at the front
 /// of `input`; returns the bytes they took.
 pub(crate) fn scan_frames(
@@ -733,11 +743,7 @@ impl Session for Consumer {
                     }
                 }
                 2 => {
-                    let size = p
-                        .get(4..12)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .context("short content header")?;
+                    let size = content_body_size(p)?;
                     self.cur.remaining = size;
                     self.cur.in_body = true;
                     if size == 0 {

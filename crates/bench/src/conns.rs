@@ -246,11 +246,18 @@ fn source_ip(n: u32, sources: u8) -> Ipv4Addr {
 }
 
 /// Keeps `e` unless it is already there or enough are.
-fn note_error(errors: &Mutex<Vec<String>>, e: String) {
-    let mut errors = errors.lock().unwrap_or_else(PoisonError::into_inner);
+fn keep_error(errors: &mut Vec<String>, e: String) {
     if errors.len() < MAX_ERRORS && !errors.contains(&e) {
         errors.push(e);
     }
+}
+
+/// [`keep_error`] on a list the churn workers share.
+fn note_error(errors: &Mutex<Vec<String>>, e: String) {
+    keep_error(
+        &mut errors.lock().unwrap_or_else(PoisonError::into_inner),
+        e,
+    );
 }
 
 /// A failed connect, with a hint when this machine ran out of ephemeral
@@ -415,7 +422,7 @@ pub async fn run_connections(args: &ConnArgs) -> anyhow::Result<ConnReport> {
                 hist.saturating_record(us);
                 held.push(h);
             }
-            Ok(Some(Err(e))) if errors.len() < MAX_ERRORS && !errors.contains(&e) => errors.push(e),
+            Ok(Some(Err(e))) => keep_error(&mut errors, e),
             _ => {}
         }
     }

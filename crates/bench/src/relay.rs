@@ -284,11 +284,7 @@ impl Decoder {
                     // basic.publish: a new message.
                     1 => *cur = Content::default(),
                     2 => {
-                        let size = p
-                            .get(4..12)
-                            .and_then(|b| b.try_into().ok())
-                            .map(u64::from_be_bytes)
-                            .context("short content header")?;
+                        let size = amqp::content_body_size(p)?;
                         cur.remaining = size;
                         cur.in_body = true;
                         if size == 0 {
