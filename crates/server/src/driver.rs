@@ -7,7 +7,7 @@ use std::future::{poll_fn, Future};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -57,8 +57,6 @@ pub(crate) trait Driven {
     /// Give back the capacity of internal buffers that are empty (the
     /// connection went quiet).
     fn trim(&mut self);
-    /// Whether the last input routed a message to some queue.
-    fn take_routed(&mut self) -> bool;
 }
 
 impl Driven for liebre_amqp::Connection {
@@ -91,9 +89,6 @@ impl Driven for liebre_amqp::Connection {
     }
     fn trim(&mut self) {
         self.trim()
-    }
-    fn take_routed(&mut self) -> bool {
-        self.take_routed()
     }
 }
 
@@ -128,9 +123,6 @@ impl Driven for liebre_mqtt::MqttConnection {
     fn trim(&mut self) {
         self.trim()
     }
-    fn take_routed(&mut self) -> bool {
-        self.take_routed()
-    }
 }
 
 /// Wakes a connection task: a flag and the task's waker, which is there
@@ -143,13 +135,84 @@ impl Driven for liebre_mqtt::MqttConnection {
 pub(crate) struct NotifyWaker {
     woken: AtomicBool,
     task: AtomicWaker,
+    /// A publisher's task, to wake once this task has run (see
+    /// [`HandOff`]).
+    hand_back: Mutex<Option<Waker>>,
+}
+
+impl NotifyWaker {
+    /// Wake the publisher that handed off to this task, if one did.
+    fn hand_back(&self) {
+        let publisher = self.hand_back.lock().take();
+        if let Some(w) = publisher {
+            w.wake();
+        }
+    }
 }
 
 impl Wake for NotifyWaker {
     fn wake(&self) {
         if !self.woken.swap(true, Ordering::AcqRel) {
-            self.task.wake();
+            if let Some(task) = self.task.take() {
+                // The task was waiting: it will poll `Woken` (or be
+                // dropped) after this, and hands the publisher back then.
+                if let Some(publisher) = HandOff::take() {
+                    let replaced = self.hand_back.lock().replace(publisher);
+                    if let Some(w) = replaced {
+                        w.wake();
+                    }
+                }
+                task.wake();
+            }
         }
+    }
+}
+
+/// A quiet publisher lets the consumers its message woke deliver before
+/// it writes its own PUBACK or confirm, as Mosquitto orders it: p99 at
+/// 1000 msg/s fell from about 150 to 110 µs (BENCHMARKS.md).
+///
+/// While its input is handled, the publisher's waker sits in a
+/// thread-local slot; the first waiting consumer task woken on this
+/// thread takes it ([`NotifyWaker::wake`]) and wakes it when it next
+/// polls `Woken`, in the same poll in which it writes the delivery (or
+/// when it is dropped). The publisher waits for that once.
+///
+/// Not `tokio::task::yield_now`: a yielded task resumes only after its
+/// worker has searched the other's queue, and a worker that found work
+/// while searching wakes the other one: a futex wake and a context
+/// switch per message for nothing (`perf`: 1.3 futex calls per message,
+/// 0.05 without the yield).
+struct HandOff;
+
+thread_local! {
+    static HAND_OFF: std::cell::Cell<Option<Waker>> = const { std::cell::Cell::new(None) };
+}
+
+impl HandOff {
+    /// Run `handle` with `publisher` offered to the consumers it wakes;
+    /// whether one took it.
+    fn offer(publisher: Waker, handle: impl FnOnce()) -> bool {
+        HAND_OFF.with(|slot| slot.set(Some(publisher)));
+        handle();
+        HAND_OFF.with(|slot| slot.take()).is_none()
+    }
+
+    fn take() -> Option<Waker> {
+        HAND_OFF.with(|slot| slot.take())
+    }
+
+    /// Pending once, without waking itself: the consumer that took the
+    /// publisher's waker wakes it.
+    fn wait() -> impl Future<Output = ()> {
+        let mut waited = false;
+        poll_fn(move |_| {
+            if std::mem::replace(&mut waited, true) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -179,6 +242,9 @@ impl Future for Woken<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let w = self.0;
+        // A task polls `Woken` in every `select!` before it waits, so a
+        // publisher handed to it is woken at the latest then.
+        w.hand_back();
         if w.woken.swap(false, Ordering::AcqRel) {
             return Poll::Ready(());
         }
@@ -270,7 +336,10 @@ struct Registered<W: Waiter> {
 impl<W: Waiter> Drop for Registered<W> {
     fn drop(&mut self) {
         let mut slots = self.conns.slots.lock();
-        slots.wakers[self.slot as usize] = None;
+        if let Some(w) = slots.wakers[self.slot as usize].take() {
+            // A publisher handed to this task must not wait for it.
+            w.notify().hand_back();
+        }
         slots.free.push(self.slot);
         drop(slots);
         Metrics::dec(open_gauge(&self.conns.metrics, self.conns.kind));
@@ -319,8 +388,8 @@ where
         let mut stalled = false;
         // The last reads filled what they were given: read big chunks.
         let mut streaming = false;
-        // Yield once before the next write (see below).
-        let mut hand_off = false;
+        // A consumer took this task's waker ([`HandOff`]): wait for it.
+        let mut handed_off = false;
         loop {
             if !stopping && registered.conns.stopping() {
                 stopping = true;
@@ -346,14 +415,23 @@ where
             }
             tokio::select! {
                 r = poll_fn(|cx| poll_read(&mut rd, &mut inbuf, cx)), if can_read => match r {
-                    Ok((0, _)) | Err(_) => {
+                    Ok((0, _, _)) | Err(_) => {
                         conn.handle_disconnect(Instant::now());
                         eof = true;
                         outbuf.clear();
                     }
-                    Ok((n, filled)) => {
+                    Ok((n, filled, quiet)) => {
                         Metrics::add(&registered.conns.metrics.bytes_received, n as u64);
-                        conn.handle_input(&mut inbuf, Instant::now());
+                        match quiet {
+                            Some(me) if !streaming => {
+                                handed_off = HandOff::offer(me, || {
+                                    conn.handle_input(&mut inbuf, Instant::now())
+                                });
+                            }
+                            // A streaming publisher does not wait: there
+                            // the extra poll per read would cost throughput.
+                            _ => conn.handle_input(&mut inbuf, Instant::now()),
+                        }
                         stalled = !conn.wants_read();
                         if filled {
                             streaming = true;
@@ -362,7 +440,6 @@ where
                             streaming = false;
                             inbuf = BytesMut::new();
                         }
-                        hand_off = conn.take_routed() && !streaming;
                     }
                 },
                 w = poll_fn(|cx| Pin::new(&mut wr).poll_write(cx, &outbuf)), if !outbuf.is_empty() => match w {
@@ -386,16 +463,10 @@ where
                     conn.handle_timeout(Instant::now());
                 }
             }
-            if std::mem::take(&mut hand_off) {
-                // A quiet publisher's message just woke its consumers'
-                // tasks (on this worker, next in line): let them deliver
-                // before this task writes its own PUBACK or confirm, as
-                // Mosquitto does. p99 at 1000 msg/s fell from about 130 to
-                // 110 µs (BENCHMARKS.md). A streaming publisher does not
-                // yield: there the extra poll per read would cost
-                // throughput. (Outside `select!`, so that the future does
-                // not hold its branches and this at once.)
-                tokio::task::yield_now().await;
+            if std::mem::take(&mut handed_off) {
+                // (Outside `select!`, so that the future does not hold its
+                // branches and this at once.)
+                HandOff::wait().await;
             }
         }
         let _ = wr.shutdown().await;
@@ -577,21 +648,114 @@ pub(crate) async fn accept<W: Waiter>(
 /// Read what the socket has: straight into `inbuf` when it has room (a
 /// streaming connection, or a packet being completed), otherwise through a
 /// buffer on the stack, so that a connection waiting for input holds no
-/// buffer. Also says whether the read filled the room it had.
+/// buffer. Also says whether the read filled the room it had, and after a
+/// small read that did not, gives this task's waker for a [`HandOff`]
+/// (returned from here rather than taken in the caller, where it would
+/// grow every connection's future).
 fn poll_read<R: AsyncRead + Unpin>(
     rd: &mut R,
     inbuf: &mut BytesMut,
     cx: &mut Context<'_>,
-) -> Poll<std::io::Result<(usize, bool)>> {
+) -> Poll<std::io::Result<(usize, bool, Option<Waker>)>> {
     let room = inbuf.capacity() - inbuf.len();
     if room >= SMALL_READ {
         let n = ready!(std::pin::pin!(rd.read_buf(inbuf)).poll(cx))?;
-        return Poll::Ready(Ok((n, n == room)));
+        return Poll::Ready(Ok((n, n == room, None)));
     }
     let mut stack = [const { MaybeUninit::<u8>::uninit() }; SMALL_READ];
     let mut buf = ReadBuf::uninit(&mut stack);
     ready!(Pin::new(rd).poll_read(cx, &mut buf))?;
     let got = buf.filled();
     inbuf.extend_from_slice(got);
-    Poll::Ready(Ok((got.len(), got.len() == SMALL_READ)))
+    let filled = got.len() == SMALL_READ;
+    let quiet = (!filled).then(|| cx.waker().clone());
+    Poll::Ready(Ok((got.len(), filled, quiet)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A consumer task waiting on its [`NotifyWaker`], as a driver does:
+    /// each wake-up "delivers" (records `deliver`).
+    async fn consumer(notify: Arc<NotifyWaker>, log: Arc<Mutex<Vec<&'static str>>>) {
+        loop {
+            Woken(&notify).await;
+            log.lock().push("deliver");
+        }
+    }
+
+    /// A publisher whose input wakes `notify`'s task: it offers itself,
+    /// waits if that was taken, then "replies".
+    async fn publish(notify: &NotifyWaker, log: &Mutex<Vec<&'static str>>) {
+        let me = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        if HandOff::offer(me, || notify.wake()) {
+            HandOff::wait().await;
+        }
+        log.lock().push("reply");
+    }
+
+    #[tokio::test]
+    async fn a_woken_consumer_delivers_before_the_publisher_replies() {
+        let notify = Arc::new(NotifyWaker::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(consumer(notify.clone(), log.clone()));
+        for _ in 0..3 {
+            tokio::task::yield_now().await; // the consumer waits
+            let publisher = tokio::spawn({
+                let (notify, log) = (notify.clone(), log.clone());
+                async move { publish(&notify, &log).await }
+            });
+            tokio::time::timeout(Duration::from_secs(10), publisher)
+                .await
+                .expect("the consumer woke the publisher")
+                .expect("publisher task");
+        }
+        assert_eq!(
+            *log.lock(),
+            ["deliver", "reply", "deliver", "reply", "deliver", "reply"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publisher_is_not_left_waiting_by_its_consumer() {
+        use futures_util::FutureExt;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // The consumer's task takes the publisher, then goes away without
+        // polling again: its connection's registration hands it back.
+        let notify = Arc::new(NotifyWaker::default());
+        let conns = Connections::new(Arc::default(), Kind::Mqtt);
+        let registered = conns.register(notify.clone());
+        let mut waiting = Box::pin(Woken(&notify));
+        assert!(waiting.as_mut().now_or_never().is_none());
+        let publisher = tokio::spawn({
+            let (notify, log) = (notify.clone(), log.clone());
+            async move { publish(&notify, &log).await }
+        });
+        while notify.hand_back.lock().is_none() {
+            tokio::task::yield_now().await;
+        }
+        drop(waiting);
+        drop(registered);
+        tokio::time::timeout(Duration::from_secs(10), publisher)
+            .await
+            .expect("the publisher was woken")
+            .expect("publisher task");
+        // Many publishers racing for one consumer on two workers: each
+        // one's wake-up is handed back, none is lost.
+        tokio::spawn(consumer(notify.clone(), log.clone()));
+        let publishers: Vec<_> = (0..200)
+            .map(|_| {
+                let (notify, log) = (notify.clone(), log.clone());
+                tokio::spawn(async move { publish(&notify, &log).await })
+            })
+            .collect();
+        for p in publishers {
+            tokio::time::timeout(Duration::from_secs(10), p)
+                .await
+                .expect("every publisher was woken")
+                .expect("publisher task");
+        }
+    }
 }
