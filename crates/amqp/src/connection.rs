@@ -121,6 +121,8 @@ pub struct Connection {
     throttle: Throttle,
     /// `connection.blocked` went out; `connection.unblocked` is owed.
     blocked_sent: bool,
+    /// See [`Connection::take_routed`].
+    routed: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -161,6 +163,7 @@ impl Connection {
             close_reason: None,
             sync_wait: Default::default(),
             throttle: Throttle::default(),
+            routed: false,
             blocked_sent: false,
             ctx,
         }
@@ -196,6 +199,14 @@ impl Connection {
     /// buffer, to be fed again once this turns true).
     pub fn wants_read(&self) -> bool {
         !self.throttle.is_blocked()
+    }
+
+    /// Whether input since the last call routed a message to some queue
+    /// (whose consumers, on other connections, were then woken). The
+    /// driver uses it to let those run before it writes this connection's
+    /// own replies.
+    pub fn take_routed(&mut self) -> bool {
+        std::mem::take(&mut self.routed)
     }
 
     /// Size limit for reads: a frame never needs more than this.
@@ -1413,6 +1424,7 @@ impl Connection {
         mandatory: bool,
     ) -> Result<u64, AmqpError> {
         let outcome = vhost.publish(exchange, message.clone())?;
+        self.routed |= outcome.routed > 0;
         if outcome.routed == 0 && mandatory {
             hot::write_basic_return(
                 &mut self.out,

@@ -176,6 +176,8 @@ pub struct MqttConnection {
     held_acks: Option<Box<HeldAcks>>,
     /// Stopped reading: a PUBLISH came while a resource alarm was on.
     throttle: liebre_core::Throttle,
+    /// See [`MqttConnection::take_routed`].
+    routed: bool,
 }
 
 impl std::fmt::Debug for MqttConnection {
@@ -233,6 +235,7 @@ impl MqttConnection {
             cold: None,
             held_acks: None,
             throttle: Default::default(),
+            routed: false,
             ctx,
         }
     }
@@ -277,6 +280,14 @@ impl MqttConnection {
     /// buffer, to be fed again once this turns true).
     pub fn wants_read(&self) -> bool {
         !self.throttle.is_blocked()
+    }
+
+    /// Whether input since the last call routed a message to some queue
+    /// (whose consumers, on other connections, were then woken). The
+    /// driver uses it to let those run before it writes this connection's
+    /// own replies.
+    pub fn take_routed(&mut self) -> bool {
+        std::mem::take(&mut self.routed)
     }
 
     /// Largest packet we read.
@@ -974,6 +985,7 @@ impl MqttConnection {
                 vhost.retained().set(&topic, keep);
             }
             let outcome = vhost.publish(MQTT_EXCHANGE, msg);
+            self.routed |= outcome.as_ref().is_ok_and(|o| o.routed > 0);
             match outcome {
                 Ok(o) if o.store_failed => {
                     // Never acknowledge what is not stored: 5.0 clients get

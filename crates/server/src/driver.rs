@@ -57,6 +57,8 @@ pub(crate) trait Driven {
     /// Give back the capacity of internal buffers that are empty (the
     /// connection went quiet).
     fn trim(&mut self);
+    /// Whether the last input routed a message to some queue.
+    fn take_routed(&mut self) -> bool;
 }
 
 impl Driven for liebre_amqp::Connection {
@@ -89,6 +91,9 @@ impl Driven for liebre_amqp::Connection {
     }
     fn trim(&mut self) {
         self.trim()
+    }
+    fn take_routed(&mut self) -> bool {
+        self.take_routed()
     }
 }
 
@@ -123,6 +128,9 @@ impl Driven for liebre_mqtt::MqttConnection {
     fn trim(&mut self) {
         self.trim()
     }
+    fn take_routed(&mut self) -> bool {
+        self.take_routed()
+    }
 }
 
 /// Wakes a connection task: a flag and the task's waker, which is there
@@ -152,54 +160,90 @@ impl NotifyWaker {
 
 impl Wake for NotifyWaker {
     fn wake(&self) {
-        if !self.woken.swap(true, Ordering::AcqRel) {
-            if let Some(task) = self.task.take() {
-                // The task was waiting: it will poll `Woken` (or be
-                // dropped) after this, and hands the publisher back then.
-                if let Some(publisher) = HandOff::take() {
-                    let replaced = self.hand_back.lock().replace(publisher);
-                    if let Some(w) = replaced {
-                        w.wake();
-                    }
+        if self.woken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(task) = self.task.take() {
+            // The task was waiting: it will poll `Woken` (or be dropped)
+            // after this, and hands the publisher back then.
+            if let Some(publisher) = HandOff::take_publisher() {
+                let replaced = self.hand_back.lock().replace(publisher);
+                if let Some(w) = replaced {
+                    w.wake();
                 }
-                task.wake();
             }
+            task.wake();
         }
     }
 }
 
-/// A quiet publisher lets the consumers its message woke deliver before
-/// it writes its own PUBACK or confirm, as Mosquitto orders it: p99 at
-/// 1000 msg/s fell from about 150 to 110 µs (BENCHMARKS.md).
+/// What a publisher does after input that woke consumer tasks, before it
+/// writes its own replies (PUBACKs, confirms).
 ///
-/// While its input is handled, the publisher's waker sits in a
-/// thread-local slot; the first waiting consumer task woken on this
-/// thread takes it ([`NotifyWaker::wake`]) and wakes it when it next
-/// polls `Woken`, in the same poll in which it writes the delivery (or
-/// when it is dropped). The publisher waits for that once.
-///
-/// Not `tokio::task::yield_now`: a yielded task resumes only after its
-/// worker has searched the other's queue, and a worker that found work
-/// while searching wakes the other one: a futex wake and a context
-/// switch per message for nothing (`perf`: 1.3 futex calls per message,
-/// 0.05 without the yield).
-struct HandOff;
+/// - A quiet publisher (its read was small and had to wait for the
+///   client) lets the consumers deliver first, as Mosquitto orders it:
+///   while its input is handled, its waker sits in a thread-local slot;
+///   the first waiting consumer task woken on this thread takes it
+///   ([`NotifyWaker::wake`]) and wakes it when it next polls `Woken`, in
+///   the poll in which it writes the delivery (or when it is dropped).
+///   MQTT QoS 1 p99 at 1000 msg/s: 150 to 110 µs, and no other worker is
+///   woken (BENCHMARKS.md). If the consumer was not waiting, nothing.
+/// - Any other publisher whose read routed a message without filling the
+///   buffer yields (`yield_now`): its task resumes once the worker has run
+///   the consumers and found nothing else, by which time more input has
+///   arrived, so the batches grow (MQTT QoS 0 1 to 1 streams at about
+///   800k msg/s with it, 500k without, at 2.4 times the CPU per message).
+///   Not for a quiet one: a yielded task resumes only after its worker
+///   searched the other's queue, and a worker that found work while
+///   searching wakes the other one, a futex wake and a context switch per
+///   message for nothing (`perf`: 1.3 futex calls per message, 0.05 with
+///   the hand-off).
+/// - A streaming publisher (its reads fill the buffer) does neither: the
+///   extra poll per read would cost throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandOff {
+    Nothing,
+    /// A consumer took the publisher's waker: wait until it wakes it.
+    Wait,
+    /// A message was routed: yield once.
+    Yield,
+}
 
 thread_local! {
-    static HAND_OFF: std::cell::Cell<Option<Waker>> = const { std::cell::Cell::new(None) };
+    /// The publisher's waker, while its input is handled.
+    static PUBLISHER: std::cell::Cell<Option<Waker>> = const { std::cell::Cell::new(None) };
 }
 
 impl HandOff {
-    /// Run `handle` with `publisher` offered to the consumers it wakes;
-    /// whether one took it.
-    fn offer(publisher: Waker, handle: impl FnOnce()) -> bool {
-        HAND_OFF.with(|slot| slot.set(Some(publisher)));
+    /// Handle a publisher's input (`handle`) with its waker, if it is
+    /// quiet, offered to the consumer tasks it wakes: `None` if it is not
+    /// quiet, else whether one took it.
+    fn offer(publisher: Option<Waker>, handle: impl FnOnce()) -> Option<bool> {
+        let Some(publisher) = publisher else {
+            handle();
+            return None;
+        };
+        PUBLISHER.with(|slot| slot.set(Some(publisher)));
         handle();
-        HAND_OFF.with(|slot| slot.take()).is_none()
+        Some(PUBLISHER.with(|slot| slot.take()).is_none())
     }
 
-    fn take() -> Option<Waker> {
-        HAND_OFF.with(|slot| slot.take())
+    /// What to do: wait if a consumer took a quiet publisher's waker;
+    /// else, for a publisher that is not quiet, yield if its input routed
+    /// a message and did not fill the buffer.
+    fn after(taken: Option<bool>, routed_small: bool) -> Self {
+        match taken {
+            Some(true) => Self::Wait,
+            Some(false) => Self::Nothing,
+            None if routed_small => Self::Yield,
+            None => Self::Nothing,
+        }
+    }
+
+    /// The publisher's waker, for a consumer task that was waiting: if one
+    /// is offered and not yet taken.
+    fn take_publisher() -> Option<Waker> {
+        PUBLISHER.with(|slot| slot.take())
     }
 
     /// Pending once, without waking itself: the consumer that took the
@@ -367,7 +411,7 @@ fn open_gauge(m: &Metrics, kind: Kind) -> &AtomicU64 {
 /// connection costs.
 pub(crate) fn drive<C, R, W, H>(
     mut conn: C,
-    (mut rd, mut wr): (R, W),
+    (rd, wr): (R, W),
     waker: Arc<H>,
     conns: Arc<Connections<H>>,
 ) -> impl Future<Output = ()>
@@ -378,84 +422,80 @@ where
     H: Waiter,
 {
     let registered = conns.register(waker.clone());
+    // Made here, not in the block: a value moved into a local there would
+    // also keep its captured place.
+    let mut input = Input::new(rd);
+    let mut output = Output::new(wr);
     async move {
-        let mut inbuf = BytesMut::new();
-        let mut outbuf = BytesMut::new();
         let mut timer = Timer::default();
         let mut stopping = false;
-        let mut eof = false;
-        // The connection stopped taking input with bytes left in `inbuf`.
-        let mut stalled = false;
-        // The last reads filled what they were given: read big chunks.
-        let mut streaming = false;
-        // A consumer took this task's waker ([`HandOff`]): wait for it.
-        let mut handed_off = false;
+        // What to do after the last input ([`HandOff`]).
+        let mut after = HandOff::Nothing;
         loop {
             if !stopping && registered.conns.stopping() {
                 stopping = true;
                 conn.shutdown(Instant::now());
             }
-            if outbuf.len() < OUTPUT_HIGH_WATER {
-                conn.poll_transmit(&mut outbuf, Instant::now());
+            if output.buf.len() < OUTPUT_HIGH_WATER {
+                conn.poll_transmit(&mut output.buf, Instant::now());
             }
-            if (conn.is_closed() || eof) && outbuf.is_empty() {
+            if (conn.is_closed() || input.eof) && output.buf.is_empty() {
                 break;
             }
-            if stalled && conn.wants_read() {
+            if input.stalled && conn.wants_read() {
                 // Unblocked: what was received meanwhile goes in first.
-                conn.handle_input(&mut inbuf, Instant::now());
-                stalled = !conn.wants_read();
+                conn.handle_input(&mut input.buf, Instant::now());
+                input.stalled = !conn.wants_read();
                 continue;
             }
             timer.set(conn.poll_timeout());
-            let can_read =
-                !eof && !conn.is_closed() && outbuf.len() < OUTPUT_HIGH_WATER && conn.wants_read();
-            if can_read && streaming && inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
-                inbuf.reserve(READ_CHUNK);
+            let can_read = !input.eof
+                && !conn.is_closed()
+                && output.buf.len() < OUTPUT_HIGH_WATER
+                && conn.wants_read();
+            if can_read
+                && input.streaming
+                && input.buf.capacity() - input.buf.len() < READ_CHUNK / 4
+            {
+                input.buf.reserve(READ_CHUNK);
             }
             tokio::select! {
-                r = poll_fn(|cx| poll_read(&mut rd, &mut inbuf, cx)), if can_read => match r {
+                r = poll_fn(|cx| input.poll_read(cx)), if can_read => match r {
                     Ok((0, _, _)) | Err(_) => {
                         conn.handle_disconnect(Instant::now());
-                        eof = true;
-                        outbuf.clear();
+                        input.eof = true;
+                        output.buf.clear();
                     }
                     Ok((n, filled, quiet)) => {
                         Metrics::add(&registered.conns.metrics.bytes_received, n as u64);
-                        match quiet {
-                            Some(me) if !streaming => {
-                                handed_off = HandOff::offer(me, || {
-                                    conn.handle_input(&mut inbuf, Instant::now())
-                                });
-                            }
-                            // A streaming publisher does not wait: there
-                            // the extra poll per read would cost throughput.
-                            _ => conn.handle_input(&mut inbuf, Instant::now()),
-                        }
-                        stalled = !conn.wants_read();
+                        let taken = HandOff::offer(quiet, || {
+                            conn.handle_input(&mut input.buf, Instant::now())
+                        });
+                        input.stalled = !conn.wants_read();
                         if filled {
-                            streaming = true;
-                        } else if inbuf.is_empty() && n < SMALL_READ {
+                            input.streaming = true;
+                        } else if input.buf.is_empty() && n < SMALL_READ {
                             // Quiet again: give the buffer back.
-                            streaming = false;
-                            inbuf = BytesMut::new();
+                            input.streaming = false;
+                            input.buf = BytesMut::new();
                         }
+                        after = HandOff::after(taken, conn.take_routed() && !input.streaming);
                     }
                 },
-                w = poll_fn(|cx| Pin::new(&mut wr).poll_write(cx, &outbuf)), if !outbuf.is_empty() => match w {
+                w = poll_fn(|cx| output.poll_write(cx)), if !output.buf.is_empty() => match w {
                     Ok(n) => {
                         Metrics::add(&registered.conns.metrics.bytes_sent, n as u64);
-                        outbuf.advance(n);
-                        if outbuf.is_empty() && n < OUTPUT_KEEP {
+                        output.buf.advance(n);
+                        if output.buf.is_empty() && n < OUTPUT_KEEP {
                             // Not streaming: no buffer kept while idle.
-                            outbuf = BytesMut::new();
+                            output.buf = BytesMut::new();
                             conn.trim();
                         }
                     }
                     Err(_) => {
                         conn.handle_disconnect(Instant::now());
-                        eof = true;
-                        outbuf.clear();
+                        input.eof = true;
+                        output.buf.clear();
                     }
                 },
                 _ = Woken(waker.notify()) => {}
@@ -463,13 +503,15 @@ where
                     conn.handle_timeout(Instant::now());
                 }
             }
-            if std::mem::take(&mut handed_off) {
-                // (Outside `select!`, so that the future does not hold its
-                // branches and this at once.)
-                HandOff::wait().await;
+            // (Outside `select!`, so that the future does not hold its
+            // branches and these at once.)
+            match std::mem::replace(&mut after, HandOff::Nothing) {
+                HandOff::Nothing => {}
+                HandOff::Wait => HandOff::wait().await,
+                HandOff::Yield => tokio::task::yield_now().await,
             }
         }
-        let _ = wr.shutdown().await;
+        let _ = output.wr.shutdown().await;
         conn.handle_disconnect(Instant::now());
         debug!(
             message = "Connection closed.",
@@ -645,31 +687,84 @@ pub(crate) async fn accept<W: Waiter>(
     }
 }
 
-/// Read what the socket has: straight into `inbuf` when it has room (a
-/// streaming connection, or a packet being completed), otherwise through a
-/// buffer on the stack, so that a connection waiting for input holds no
-/// buffer. Also says whether the read filled the room it had, and after a
-/// small read that did not, gives this task's waker for a [`HandOff`]
-/// (returned from here rather than taken in the caller, where it would
-/// grow every connection's future).
-fn poll_read<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    inbuf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<(usize, bool, Option<Waker>)>> {
-    let room = inbuf.capacity() - inbuf.len();
-    if room >= SMALL_READ {
-        let n = ready!(std::pin::pin!(rd.read_buf(inbuf)).poll(cx))?;
-        return Poll::Ready(Ok((n, n == room, None)));
+/// A connection's output side: the socket's write half and what waits to
+/// be written. (One struct, for the reason given at [`Input`].)
+struct Output<W> {
+    wr: W,
+    buf: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> Output<W> {
+    fn new(wr: W) -> Self {
+        Self {
+            wr,
+            buf: BytesMut::new(),
+        }
     }
-    let mut stack = [const { MaybeUninit::<u8>::uninit() }; SMALL_READ];
-    let mut buf = ReadBuf::uninit(&mut stack);
-    ready!(Pin::new(rd).poll_read(cx, &mut buf))?;
-    let got = buf.filled();
-    inbuf.extend_from_slice(got);
-    let filled = got.len() == SMALL_READ;
-    let quiet = (!filled).then(|| cx.waker().clone());
-    Poll::Ready(Ok((got.len(), filled, quiet)))
+
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.wr).poll_write(cx, &self.buf)
+    }
+}
+
+/// A connection's input side: the socket's read half and what was read
+/// but not consumed yet. (One struct, so that the read future borrows one
+/// pointer: every connection's future holds it while idle.)
+struct Input<R> {
+    rd: R,
+    buf: BytesMut,
+    /// The current read had to wait for the client.
+    waited: bool,
+    /// The last reads filled what they were given: read big chunks.
+    streaming: bool,
+    /// The connection stopped taking input with bytes left in `buf`.
+    stalled: bool,
+    /// The client closed its side, or the socket failed.
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> Input<R> {
+    fn new(rd: R) -> Self {
+        Self {
+            rd,
+            buf: BytesMut::new(),
+            waited: false,
+            streaming: false,
+            stalled: false,
+            eof: false,
+        }
+    }
+
+    /// Read what the socket has: straight into `buf` when it has room (a
+    /// streaming connection, or a packet being completed), otherwise
+    /// through a buffer on the stack, so that a connection waiting for
+    /// input holds no buffer. Also says whether the read filled the room
+    /// it had, and for a quiet publisher (a small read that had to wait
+    /// for the client) gives this task's waker for a [`HandOff`] (from
+    /// here rather than the caller, where holding it would grow every
+    /// connection's future).
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<(usize, bool, Option<Waker>)>> {
+        let room = self.buf.capacity() - self.buf.len();
+        if room >= SMALL_READ {
+            let n = ready!(std::pin::pin!(self.rd.read_buf(&mut self.buf)).poll(cx))?;
+            self.waited = false;
+            return Poll::Ready(Ok((n, n == room, None)));
+        }
+        let mut stack = [const { MaybeUninit::<u8>::uninit() }; SMALL_READ];
+        let mut buf = ReadBuf::uninit(&mut stack);
+        if Pin::new(&mut self.rd).poll_read(cx, &mut buf)?.is_pending() {
+            self.waited = true;
+            return Poll::Pending;
+        }
+        let got = buf.filled();
+        self.buf.extend_from_slice(got);
+        let filled = got.len() == SMALL_READ;
+        let quiet = (std::mem::take(&mut self.waited) && !filled).then(|| cx.waker().clone());
+        Poll::Ready(Ok((got.len(), filled, quiet)))
+    }
 }
 
 #[cfg(test)]
@@ -690,10 +785,39 @@ mod tests {
     /// waits if that was taken, then "replies".
     async fn publish(notify: &NotifyWaker, log: &Mutex<Vec<&'static str>>) {
         let me = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        if HandOff::offer(me, || notify.wake()) {
+        if HandOff::offer(Some(me), || notify.wake()) == Some(true) {
             HandOff::wait().await;
         }
         log.lock().push("reply");
+    }
+
+    #[test]
+    fn a_waiting_consumer_takes_a_quiet_publishers_waker() {
+        let me = futures_util::task::noop_waker();
+        let notify = NotifyWaker::default();
+        // Nothing routed, or no waker offered (a busy publisher).
+        assert_eq!(HandOff::offer(Some(me.clone()), || {}), Some(false));
+        assert_eq!(HandOff::offer(None, || notify.wake()), None);
+        // The consumer was not waiting (already woken).
+        assert_eq!(
+            HandOff::offer(Some(me.clone()), || notify.wake()),
+            Some(false)
+        );
+        assert!(notify.hand_back.lock().is_none());
+        // It was waiting: it takes the waker.
+        notify.woken.store(false, Ordering::Release);
+        notify.task.register(&me);
+        assert_eq!(
+            HandOff::offer(Some(me.clone()), || notify.wake()),
+            Some(true)
+        );
+        assert!(notify.hand_back.lock().is_some());
+        // Nothing is left offered on the thread.
+        assert!(HandOff::take_publisher().is_none());
+        assert_eq!(HandOff::after(Some(true), true), HandOff::Wait);
+        assert_eq!(HandOff::after(Some(false), true), HandOff::Nothing);
+        assert_eq!(HandOff::after(None, true), HandOff::Yield);
+        assert_eq!(HandOff::after(None, false), HandOff::Nothing);
     }
 
     #[tokio::test]
