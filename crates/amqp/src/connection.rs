@@ -123,6 +123,10 @@ pub struct Connection {
     blocked_sent: bool,
     /// See [`Connection::take_routed`].
     routed: bool,
+    /// `tx.commit-ok`s not yet written (on any channel). No input is taken
+    /// while there are some: a reply to a method pipelined after
+    /// `tx.commit` must not overtake its commit-ok.
+    held_commits: usize,
 }
 
 impl std::fmt::Debug for Connection {
@@ -163,8 +167,9 @@ impl Connection {
             close_reason: None,
             sync_wait: Default::default(),
             throttle: Throttle::default(),
-            routed: false,
             blocked_sent: false,
+            routed: false,
+            held_commits: 0,
             ctx,
         }
     }
@@ -195,10 +200,11 @@ impl Connection {
     }
 
     /// Whether the connection takes input now: not while it is blocked by
-    /// a resource alarm (bytes already received wait in the caller's
-    /// buffer, to be fed again once this turns true).
+    /// a resource alarm, nor while a `tx.commit-ok` waits for the disk
+    /// (bytes already received wait in the caller's buffer, to be fed
+    /// again once this turns true, after `poll_transmit`).
     pub fn wants_read(&self) -> bool {
-        !self.throttle.is_blocked()
+        !self.throttle.is_blocked() && self.held_commits == 0
     }
 
     /// Whether input since the last call routed a message to some queue
@@ -236,8 +242,9 @@ impl Connection {
                         return;
                     }
                 },
-                // Blocked by an alarm: the rest waits in `buf`.
-                _ if self.throttle.is_blocked() => return,
+                // Blocked by an alarm, or a commit-ok is owed first: the
+                // rest waits in `buf`.
+                _ if !self.wants_read() => return,
                 _ => match decode_frame(buf, self.frame_max) {
                     Ok(None) => return,
                     Ok(Some(frame)) => self.handle_frame(frame, now),
@@ -1283,6 +1290,7 @@ impl Connection {
         // Commit-ok once the committed persistent messages are on disk.
         let c = self.channel_mut(ch)?;
         c.commit_oks.push_back(lsn);
+        self.held_commits += 1;
         Ok(())
     }
 
@@ -1474,6 +1482,7 @@ impl Connection {
                     break;
                 }
                 c.commit_oks.pop_front();
+                self.held_commits -= 1;
                 if let Err(e) = encode_method_frame(&mut self.out, ch, &Method::TxCommitOk) {
                     tracing::error!(message = "Failed to encode tx.commit-ok.", %e);
                 }
@@ -1600,6 +1609,9 @@ impl Connection {
         c.tx_publishes.clear();
         c.tx_settles.clear();
         c.confirms.clear();
+        // A closed channel owes no commit-ok.
+        self.held_commits -= c.commit_oks.len();
+        c.commit_oks.clear();
         let all: Vec<Unacked> = c.unacked.drain(..).collect();
         Channel::settle(all, Some(true));
         if let (Some(q), Some(v)) = (c.reply_queue.take(), vhost) {

@@ -575,3 +575,48 @@ async fn a_consumer_that_never_reads_does_not_stall_the_broker() {
     })
     .await
 }
+
+/// A reply to a method pipelined after `tx.commit` does not overtake the
+/// commit-ok, also while that waits for the disk (a persistent message on
+/// a durable queue): the connection takes no input until it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_pipelined_after_tx_commit_follows_the_commit_ok() {
+    use crate::raw::{basic_publish, body, frame, method, Args, RawClient, FRAME_HEADER};
+    guard(async {
+        let srv = TestServer::start().await;
+        let (mut raw, _) = RawClient::handshake(srv.addr, 0).await;
+        raw.open_channel(1).await;
+        // queue.declare "txd": durable, or passive.
+        let declare = |flags: u8| {
+            let args = Args::new().u16(0).shortstr("txd").u8(flags).empty_table();
+            method(1, 50, 10, &args.bytes())
+        };
+        raw.send(&declare(0b10)).await;
+        raw.expect_method(50, 11).await;
+        raw.send(&method(1, 90, 10, &[])).await; // tx.select
+        raw.expect_method(90, 11).await;
+        // delivery-mode 2 (persistent): property flag bit 12.
+        let persistent = Args::new().u16(60).u16(0).u64(1).u16(0x1000).u8(2);
+        for round in 1..=20u32 {
+            // One write: a persistent publish, tx.commit, a passive declare.
+            let mut burst = basic_publish(1, "", "txd");
+            burst.extend(frame(FRAME_HEADER, 1, &persistent.0));
+            burst.extend(body(1, b"x"));
+            burst.extend(method(1, 90, 20, &[])); // tx.commit
+            burst.extend(declare(0b01));
+            raw.send(&burst).await;
+            let first = raw.next_frame().await;
+            assert!(
+                first.is_method(90, 21),
+                "round {round}: expected tx.commit-ok first, got {:?}",
+                first.method_ids()
+            );
+            let ok = raw.expect_method(50, 11).await;
+            // declare-ok: queue name, message count, consumer count.
+            let a = &ok.args()[1 + "txd".len()..];
+            let messages = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+            assert_eq!(messages, round, "the committed messages are counted");
+        }
+    })
+    .await
+}
