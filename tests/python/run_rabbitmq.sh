@@ -101,7 +101,16 @@ start)
     exit 1
     ;;
 stop)
-    "$RMQ_BIN/rabbitmqctl" -n "$NODE" stop "$RABBITMQ_PID_FILE" || true
+    # A pid file left by a node that is gone would make `rabbitmqctl stop`
+    # wait for it; and never wait more than a minute for a live one.
+    if [ -f "$RABBITMQ_PID_FILE" ] && ! kill -0 "$(cat "$RABBITMQ_PID_FILE")" 2>/dev/null; then
+        rm -f "$RABBITMQ_PID_FILE"
+    fi
+    if [ -f "$RABBITMQ_PID_FILE" ]; then
+        timeout 60 "$RMQ_BIN/rabbitmqctl" -n "$NODE" stop "$RABBITMQ_PID_FILE" \
+            || kill "$(cat "$RABBITMQ_PID_FILE")" 2>/dev/null || true
+        rm -f "$RABBITMQ_PID_FILE"
+    fi
     # epmd was started by the node; stop it only if no other node is registered
     if epmd -names 2>/dev/null | grep -q '^name '; then :; else epmd -kill >/dev/null 2>&1 || true; fi
     ;;
