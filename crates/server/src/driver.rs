@@ -584,6 +584,9 @@ where
                 conn.shutdown(Instant::now());
             }
             conn.poll_transmit(&mut outbuf, Instant::now());
+            // Before a send that may wait for a slow client: a publisher
+            // handed to this task ([`HandOff`]) does not wait with it.
+            waker.notify().hand_back();
             if !outbuf.is_empty() {
                 let len = outbuf.len();
                 Metrics::add(&registered.conns.metrics.bytes_sent, len as u64);
