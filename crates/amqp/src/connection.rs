@@ -1464,6 +1464,9 @@ impl Connection {
     /// `tx.commit-ok`s. Those of persistent messages wait until the store
     /// has them on disk (and everything after them on the channel waits
     /// too, to keep the order); the connection asks the store to wake it.
+    /// If the store failed, what it will never have is refused: a nack
+    /// for each such confirm, and the connection closes (541) for a
+    /// commit.
     fn flush_confirms(&mut self) {
         if self
             .channels
@@ -1474,10 +1477,13 @@ impl Connection {
         }
         let store = self.vhost.as_ref().and_then(|v| v.store()).cloned();
         let synced = store.as_ref().map_or(u64::MAX, |s| s.synced());
+        let failed = store.as_ref().is_some_and(|s| s.failed());
         let mut wait = 0u64;
+        let mut lost_commit = false;
         for (&ch, c) in self.channels.iter_mut() {
             while let Some(&lsn) = c.commit_oks.front() {
                 if lsn > synced {
+                    lost_commit |= failed;
                     wait = wait.max(lsn);
                     break;
                 }
@@ -1490,7 +1496,13 @@ impl Connection {
             if c.confirms.is_empty() {
                 continue;
             }
-            let ready = c.confirms.iter().take_while(|x| x.2 <= synced).count();
+            let mut ready = c.confirms.iter().take_while(|x| x.2 <= synced).count();
+            if failed {
+                for x in c.confirms.iter_mut().skip(ready) {
+                    x.1 &= x.2 <= synced;
+                }
+                ready = c.confirms.len();
+            }
             if let Some(&(_, _, lsn)) = c.confirms.back().filter(|_| ready < c.confirms.len()) {
                 wait = wait.max(lsn);
             }
@@ -1512,7 +1524,14 @@ impl Connection {
                 i = j + 1;
             }
         }
-        if let (Some(store), true) = (store, wait > 0) {
+        if lost_commit {
+            self.fail(AmqpError::connection(
+                541,
+                "INTERNAL_ERROR - the message store failed: a committed transaction is not on disk",
+            ));
+            return;
+        }
+        if let (Some(store), true) = (store, wait > 0 && !failed) {
             self.sync_wait
                 .wake_at(store.as_ref(), wait, || self.outbox.waker().clone());
         }

@@ -69,6 +69,15 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// The highest position that is durable.
     fn synced(&self) -> u64;
 
+    /// Whether the store failed (a write or fsync): no position past
+    /// [`MessageStore::synced`] will ever be durable, and connections
+    /// holding confirms or PUBACKs for one must refuse them instead.
+    /// Waiters registered with [`MessageStore::wake_when_synced`] are woken
+    /// when it fails.
+    fn failed(&self) -> bool {
+        false
+    }
+
     /// Call `waker` once [`MessageStore::synced`] reaches `lsn` (at once if
     /// it has). Called from the thread that syncs: the waker must be quick.
     fn wake_when_synced(&self, lsn: u64, waker: Arc<dyn Wake>);

@@ -443,7 +443,10 @@ impl MqttConnection {
             self.disconnect_with(kicked, "another connection took over the session", now);
         }
         self.drain_outbox(now);
-        self.release_acks();
+        if self.release_acks() {
+            // 3.1.1 has no negative acknowledgement.
+            self.disconnect_with(0x80, "the message store failed", now);
+        }
         if self.out.is_empty() {
             return false;
         }
@@ -1049,28 +1052,49 @@ impl MqttConnection {
     }
 
     /// Send the held acknowledgements whose messages are on disk; ask the
-    /// store to wake the connection for the rest.
-    fn release_acks(&mut self) {
+    /// store to wake the connection for the rest. If the store failed, the
+    /// rest will never be on disk: a 5.0 client gets them with reason 0x80,
+    /// and for a 3.1.1 client this says the connection must close.
+    fn release_acks(&mut self) -> bool {
         let Some(mut held) = self.held_acks.take() else {
-            return;
+            return false;
         };
         let synced = self.synced();
-        while let Some((lsn, _)) = held.acks.front() {
-            if *lsn > synced {
+        let store = self.vhost.as_ref().and_then(|v| v.store()).cloned();
+        let failed = store.as_ref().is_some_and(|s| s.failed());
+        while let Some(&(lsn, _)) = held.acks.front() {
+            if lsn > synced && !failed {
                 break;
             }
-            if let Some((_, p)) = held.acks.pop_front() {
-                self.send(p);
+            if lsn > synced && self.protocol != Protocol::V5 {
+                self.held_acks = Some(held);
+                return true;
             }
+            let Some((_, mut p)) = held.acks.pop_front() else {
+                break;
+            };
+            if lsn > synced {
+                match &mut p {
+                    Packet::PubAck(a) => a.reason = 0x80,
+                    Packet::PubRec(a) => {
+                        a.reason = 0x80;
+                        let id = a.packet_id;
+                        self.session_mut(|s| s.incoming_qos2_remove(id));
+                    }
+                    _ => {}
+                }
+            }
+            self.send(p);
         }
         let Some(&(wait, _)) = held.acks.back() else {
-            return; // all sent: the box goes
+            return false; // all sent: the box goes
         };
-        if let Some(store) = self.vhost.as_ref().and_then(|v| v.store()) {
+        if let Some(store) = store {
             held.sync_wait
                 .wake_at(store.as_ref(), wait, || self.waker());
         }
         self.held_acks = Some(held);
+        false
     }
 
     // ---- publish out -----------------------------------------------------

@@ -202,6 +202,10 @@ pub struct Config {
     pub alarms: crate::alarms::AlarmsConfig,
     /// Ready messages a queue keeps in memory before paging out.
     pub queue_messages_in_memory: usize,
+    /// The file system the message log goes through: the real one unless
+    /// set (tests put one here that fails an fsync on demand). Not a flag
+    /// or a file setting.
+    pub log_backend: Option<std::sync::Arc<dyn liebre_store::Backend>>,
 }
 
 impl Default for Config {
@@ -220,6 +224,7 @@ impl Default for Config {
             fsync: liebre_store::FsyncPolicy::Always,
             alarms: crate::alarms::AlarmsConfig::default(),
             queue_messages_in_memory: liebre_core::persistence::DEFAULT_MAX_LOADED,
+            log_backend: None,
         }
     }
 }

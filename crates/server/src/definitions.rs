@@ -584,9 +584,11 @@ pub fn attach(
     broker: &Arc<Broker>,
     data_dir: &Path,
     log: liebre_store::LogConfig,
+    backend: Option<Arc<dyn liebre_store::Backend>>,
 ) -> anyhow::Result<Attached> {
     let started = std::time::Instant::now();
-    let (store, recovered) = liebre_store::Store::open(data_dir, log)
+    let backend = backend.unwrap_or_else(|| Arc::new(liebre_store::FileBackend::new()));
+    let (store, recovered) = liebre_store::Store::open_with(data_dir, log, backend)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let definitions = Arc::new(StoredDefinitions::new(store.meta));
     let messages = crate::messages::StoredMessages::new(store.log, definitions.clone());

@@ -66,14 +66,17 @@ impl Server {
             ..Default::default()
         };
         let data_dir = config.data_dir.clone();
+        let backend = config.log_backend.clone();
         let b = broker.clone();
         // Recovery reads every segment: off the runtime's threads.
         let definitions::Attached {
             definitions,
             messages,
-        } = tokio::task::spawn_blocking(move || definitions::attach(&b, &data_dir, log_config))
-            .await
-            .context("restoring durable data")??;
+        } = tokio::task::spawn_blocking(move || {
+            definitions::attach(&b, &data_dir, log_config, backend)
+        })
+        .await
+        .context("restoring durable data")??;
         let auth = Arc::new(AuthStore::default());
         auth.set_loopback_users(config.loopback_users.clone());
         definitions.attach_users(&auth).context("restoring users")?;

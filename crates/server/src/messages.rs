@@ -66,6 +66,15 @@ impl StoredMessages {
                 waker.wake();
             }
         }));
+        // A poisoned log syncs nothing more: every waiter is woken to see
+        // that (`failed`) and refuse what it holds.
+        let w = waiters.clone();
+        log.on_failure(Box::new(move || {
+            let all = std::mem::take(&mut w.lock().by_lsn);
+            for waker in all.into_values().flatten() {
+                waker.wake();
+            }
+        }));
         Arc::new(Self {
             log,
             definitions,
@@ -231,6 +240,10 @@ impl MessageStore for StoredMessages {
         self.log.synced_lsn().0
     }
 
+    fn failed(&self) -> bool {
+        matches!(self.log.health(), liebre_store::Health::Poisoned { .. })
+    }
+
     fn read(&self, ids: &[u64]) -> Result<Vec<(u64, Bytes)>, StoreRefused> {
         // Called with a queue lock held, on a connection task: a read of a
         // few hundred records from the page cache or the disk. The writer
@@ -241,8 +254,9 @@ impl MessageStore for StoredMessages {
     fn wake_when_synced(&self, lsn: u64, waker: Arc<dyn Wake>) {
         let mut w = self.waiters.lock();
         // Read under the lock: the sync callback takes it after publishing
-        // a new position, so a waiter is either seen by it or sees it.
-        if self.log.synced_lsn().0 >= lsn {
+        // a new position, so a waiter is either seen by it or sees it (and
+        // the failure callback after poisoning the log).
+        if self.log.synced_lsn().0 >= lsn || self.failed() {
             drop(w);
             waker.wake();
         } else {

@@ -62,8 +62,8 @@ use std::sync::Arc;
 pub use backend::{Backend, BackendFile, CrashBackend, FileBackend, MemoryBackend};
 pub use error::{Result, StoreError};
 pub use log::{
-    Appended, FsyncPolicy, Health, LogConfig, LogStats, Lsn, MessageLog, Recovered, Recovery,
-    RecoveryReport, SyncCallback,
+    Appended, FailureCallback, FsyncPolicy, Health, LogConfig, LogStats, Lsn, MessageLog,
+    Recovered, Recovery, RecoveryReport, SyncCallback,
 };
 pub use meta::{MetaOp, MetaStore, Table};
 
@@ -88,15 +88,21 @@ impl Store {
     /// The metadata database is opened first: its file lock keeps a second
     /// broker off the same data directory before the log is touched.
     pub fn open(data_dir: impl AsRef<Path>, config: LogConfig) -> Result<(Self, Recovered)> {
+        Self::open_with(data_dir, config, Arc::new(FileBackend::new()))
+    }
+
+    /// [`Store::open`], with the message log going through `backend`
+    /// (the metadata store always uses the real file system).
+    pub fn open_with(
+        data_dir: impl AsRef<Path>,
+        config: LogConfig,
+        backend: Arc<dyn Backend>,
+    ) -> Result<(Self, Recovered)> {
         let data_dir = data_dir.as_ref();
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::io("create directory", data_dir, e))?;
         let meta = MetaStore::open(data_dir.join(META_FILE))?;
-        let (log, recovered) = MessageLog::open(
-            Arc::new(FileBackend::new()),
-            data_dir.join(MSGS_DIR),
-            config,
-        )?;
+        let (log, recovered) = MessageLog::open(backend, data_dir.join(MSGS_DIR), config)?;
         Ok((Self { log, meta }, recovered))
     }
 }

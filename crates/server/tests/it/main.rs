@@ -17,3 +17,4 @@ mod heartbeat;
 mod queues;
 mod routing;
 mod shutdown;
+mod store_failure;

@@ -489,3 +489,62 @@ async fn keepalive_timeout_disconnects_and_publishes_will_v311() {
 async fn keepalive_timeout_disconnects_and_publishes_will_v5() {
     guard(silent_client_is_dropped(5)).await
 }
+
+/// PUBLISH QoS 1 with packet id `pkid` (no 5.0 properties).
+fn publish_qos1(v5: bool, pkid: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut b = mqtt_str(topic.as_bytes());
+    b.extend_from_slice(&pkid.to_be_bytes());
+    if v5 {
+        b.push(0);
+    }
+    b.extend_from_slice(payload);
+    packet(0x32, &b)
+}
+
+/// A PUBACK held for a message whose fsync failed is never a success: 5.0
+/// gets reason 0x80, 3.1.1 (which has no negative acknowledgement) is
+/// disconnected; a message already on disk was acknowledged normally.
+async fn a_puback_held_for_a_failed_fsync_is_refused(level: u8) {
+    guard(async {
+        let disk = liebre_store::CrashBackend::new();
+        let log = std::sync::Arc::new(disk.clone());
+        let srv = TestServer::start_with(|c| c.log_backend = Some(log)).await;
+        // A persistent session, offline: its queue is durable, so QoS 1
+        // messages to it are stored and their PUBACKs wait for the fsync
+        // (and nothing else writes to the log meanwhile).
+        let mut sub = srv.client(V::V4, Opts::new("keeper").persistent()).await;
+        sub.subscribe("plant/line1", 1).await;
+        sub.disconnect().await;
+        let mut p = Raw::handshake(srv.server().mqtt_addrs()[0], level, "press").await;
+        let v5 = level == 5;
+        p.send(&publish_qos1(v5, 1, "plant/line1", b"stored")).await;
+        let (first, body) = p.read_packet().await.expect("PUBACK");
+        assert_eq!((first, &body[..2]), (0x40, &[0, 1][..]), "PUBACK 1");
+        assert!(body.len() == 2 || body[2] == 0, "PUBACK 1 reason: {body:?}");
+
+        disk.fail_next_sync();
+        p.send(&publish_qos1(v5, 2, "plant/line1", b"lost")).await;
+        if v5 {
+            let (first, body) = p.read_packet().await.expect("PUBACK");
+            assert_eq!((first, &body[..2]), (0x40, &[0, 2][..]), "PUBACK 2");
+            assert_eq!(body.get(2), Some(&0x80), "PUBACK 2 reason");
+        } else {
+            let got = p.closed().await;
+            assert!(
+                got.iter().all(|(first, _)| *first != 0x40),
+                "a PUBACK came for a message not on disk: {got:?}"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puback_held_for_a_failed_fsync_is_refused_v311() {
+    a_puback_held_for_a_failed_fsync_is_refused(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puback_held_for_a_failed_fsync_is_refused_v5() {
+    a_puback_held_for_a_failed_fsync_is_refused(5).await;
+}

@@ -244,6 +244,10 @@ pub struct LogStats {
 /// A callback run by the writer thread after each synced batch.
 pub type SyncCallback = Box<dyn Fn(Lsn) + Send + Sync>;
 
+/// A callback run by the writer thread once, when a write or fsync fails
+/// and the log is poisoned: nothing after the synced [`Lsn`] will be.
+pub type FailureCallback = Box<dyn Fn() + Send + Sync>;
+
 /// A command for the writer thread. Every one carries its [`Lsn`].
 enum Cmd {
     Append {
@@ -285,6 +289,7 @@ struct Shared {
     wake: Mutex<()>,
     synced_cv: Condvar,
     callbacks: RwLock<Vec<SyncCallback>>,
+    failure_callbacks: RwLock<Vec<FailureCallback>>,
     segments: AtomicU64,
     disk_bytes: AtomicU64,
     live_messages: AtomicU64,
@@ -373,6 +378,7 @@ impl MessageLog {
             wake: Mutex::new(()),
             synced_cv: Condvar::new(),
             callbacks: RwLock::new(Vec::new()),
+            failure_callbacks: RwLock::new(Vec::new()),
             segments: AtomicU64::new(0),
             disk_bytes: AtomicU64::new(0),
             live_messages: AtomicU64::new(0),
@@ -695,6 +701,13 @@ impl MessageLog {
     /// connections that wait for confirms.
     pub fn on_sync(&self, callback: SyncCallback) {
         self.shared.callbacks.write().push(callback);
+    }
+
+    /// Registers a callback, run on the writer thread when a write or
+    /// fsync fails and poisons the log (so never again after that). The
+    /// broker uses it to release the connections that wait for confirms.
+    pub fn on_failure(&self, callback: FailureCallback) {
+        self.shared.failure_callbacks.write().push(callback);
     }
 
     /// Whether the log still accepts writes.

@@ -393,6 +393,9 @@ impl Writer {
         let cause = Arc::new(error);
         *self.shared.poison.lock() = Some(cause.clone());
         self.shared.notify();
+        for callback in self.shared.failure_callbacks.read().iter() {
+            callback();
+        }
         for reply in replies {
             let _ = reply.send(Err(StoreError::Poisoned {
                 cause: cause.clone(),

@@ -28,14 +28,21 @@ fn open_watched(h: &CrashHarness, cfg: LogConfig) -> (liebre_store::MessageLog, 
 fn failed_fsync_poisons_the_log() {
     let h = CrashHarness::default();
     let (log, seen) = open_watched(&h, config(1 << 20));
+    let failures = Arc::new(AtomicU64::new(0));
+    let f = failures.clone();
+    log.on_failure(Box::new(move || {
+        f.fetch_add(1, Ordering::SeqCst);
+    }));
     let a = log.append(&[1], Bytes::from_static(b"a")).expect("append");
     log.wait_synced(a.lsn).expect("synced");
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
 
     h.crash.fail_next_sync();
     let b = log.append(&[1], Bytes::from_static(b"b")).expect("queued");
     assert!(is_poisoned(log.wait_synced(b.lsn)));
     assert_eq!(log.synced_lsn(), a.lsn, "the failed batch is not reported");
     assert_eq!(seen.load(Ordering::SeqCst), a.lsn.0, "nor given to on_sync");
+    wait_until("on_failure ran", || failures.load(Ordering::SeqCst) == 1);
 
     match log.health() {
         Health::Poisoned { cause } => assert!(cause.to_string().contains("fsync")),

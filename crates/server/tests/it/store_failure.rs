@@ -1,0 +1,90 @@
+//! A failed fsync poisons the message log: what it will never have on
+//! disk is refused, not confirmed, and nobody waits for it forever.
+
+use std::sync::Arc;
+
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::BasicProperties;
+use liebre_store::CrashBackend;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_held_for_a_failed_fsync_is_a_nack() {
+    guard(async {
+        // The message log on a memory disk that fails on request.
+        let disk = CrashBackend::new();
+        let log = Arc::new(disk.clone());
+        let srv = TestServer::start_with(|c| c.log_backend = Some(log)).await;
+        let conn = srv.connect().await;
+        let ch = confirm_channel(&conn).await;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        within(
+            "queue.declare",
+            ch.queue_declare("d".into(), durable, no_args()),
+        )
+        .await
+        .expect("queue.declare");
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        publish_confirmed(&ch, "", "d", b"on disk", persistent.clone()).await;
+
+        disk.fail_next_sync();
+        for body in [&b"held, then refused"[..], b"refused at once"] {
+            let confirm = within(
+                "basic.publish",
+                ch.basic_publish(
+                    "".into(),
+                    "d".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    persistent.clone(),
+                ),
+            )
+            .await
+            .expect("basic.publish");
+            let c = within("publisher confirm", confirm).await.expect("confirm");
+            assert!(c.is_nack(), "{body:?} was not nacked: {c:?}");
+        }
+        // The channel and connection still work for what needs no disk.
+        publish_confirmed(&ch, "", "d", b"transient", BasicProperties::default()).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_held_for_a_failed_fsync_closes_the_connection() {
+    guard(async {
+        let disk = CrashBackend::new();
+        let log = Arc::new(disk.clone());
+        let srv = TestServer::start_with(|c| c.log_backend = Some(log)).await;
+        let conn = srv.connect().await;
+        let ch = channel(&conn).await;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        within(
+            "queue.declare",
+            ch.queue_declare("t".into(), durable, no_args()),
+        )
+        .await
+        .expect("queue.declare");
+        within("tx.select", ch.tx_select())
+            .await
+            .expect("tx.select");
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        publish(&ch, "", "t", b"committed", persistent.clone()).await;
+        within("tx.commit", ch.tx_commit())
+            .await
+            .expect("tx.commit");
+
+        disk.fail_next_sync();
+        publish(&ch, "", "t", b"never on disk", persistent).await;
+        let refused = within("tx.commit", ch.tx_commit()).await;
+        assert_code(refused, 541, "tx.commit after a failed fsync");
+    })
+    .await
+}
