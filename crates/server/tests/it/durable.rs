@@ -278,16 +278,7 @@ async fn persistent_messages_past_the_memory_budget_survive_a_restart_in_order()
         {
             let conn = srv.connect().await;
             let ch = confirm_channel(&conn).await;
-            let durable = QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            within(
-                "queue.declare",
-                ch.queue_declare("jobs".into(), durable, no_args()),
-            )
-            .await
-            .expect("jobs");
+            declare_durable_queue(&ch, "jobs").await;
             let persistent = BasicProperties::default().with_delivery_mode(2);
             for i in 0..n {
                 publish_confirmed(

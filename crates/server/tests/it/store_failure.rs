@@ -3,31 +3,27 @@
 
 use std::sync::Arc;
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use liebre_store::CrashBackend;
 
 use crate::support::*;
 
+/// A server whose message log is on a memory disk that fails on request.
+async fn on_failing_disk() -> (TestServer, CrashBackend) {
+    let disk = CrashBackend::new();
+    let log = Arc::new(disk.clone());
+    let srv = TestServer::start_with(|c| c.log_backend = Some(log)).await;
+    (srv, disk)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirm_held_for_a_failed_fsync_is_a_nack() {
     guard(async {
-        // The message log on a memory disk that fails on request.
-        let disk = CrashBackend::new();
-        let log = Arc::new(disk.clone());
-        let srv = TestServer::start_with(|c| c.log_backend = Some(log)).await;
+        let (srv, disk) = on_failing_disk().await;
         let conn = srv.connect().await;
         let ch = confirm_channel(&conn).await;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        within(
-            "queue.declare",
-            ch.queue_declare("d".into(), durable, no_args()),
-        )
-        .await
-        .expect("queue.declare");
+        declare_durable_queue(&ch, "d").await;
         let persistent = BasicProperties::default().with_delivery_mode(2);
         publish_confirmed(&ch, "", "d", b"on disk", persistent.clone()).await;
 
@@ -57,21 +53,10 @@ async fn a_confirm_held_for_a_failed_fsync_is_a_nack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_held_for_a_failed_fsync_closes_the_connection() {
     guard(async {
-        let disk = CrashBackend::new();
-        let log = Arc::new(disk.clone());
-        let srv = TestServer::start_with(|c| c.log_backend = Some(log)).await;
+        let (srv, disk) = on_failing_disk().await;
         let conn = srv.connect().await;
         let ch = channel(&conn).await;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        within(
-            "queue.declare",
-            ch.queue_declare("t".into(), durable, no_args()),
-        )
-        .await
-        .expect("queue.declare");
+        declare_durable_queue(&ch, "t").await;
         within("tx.select", ch.tx_select())
             .await
             .expect("tx.select");

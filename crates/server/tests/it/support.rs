@@ -253,6 +253,20 @@ pub(crate) async fn declare_queue(ch: &Channel, name: &str, args: FieldTable) ->
     .unwrap_or_else(|e| panic!("queue.declare {name}: {e}"))
 }
 
+/// Declare durable queue `name` (no arguments).
+pub(crate) async fn declare_durable_queue(ch: &Channel, name: &str) -> lapin::Queue {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(
+        "queue.declare",
+        ch.queue_declare(name.into(), durable, no_args()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("queue.declare {name} (durable): {e}"))
+}
+
 pub(crate) async fn publish(
     ch: &Channel,
     exchange: &str,
