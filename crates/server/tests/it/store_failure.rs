@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use liebre_store::CrashBackend;
 
@@ -29,19 +28,7 @@ async fn a_confirm_held_for_a_failed_fsync_is_a_nack() {
 
         disk.fail_next_sync();
         for body in [&b"held, then refused"[..], b"refused at once"] {
-            let confirm = within(
-                "basic.publish",
-                ch.basic_publish(
-                    "".into(),
-                    "d".into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    persistent.clone(),
-                ),
-            )
-            .await
-            .expect("basic.publish");
-            let c = within("publisher confirm", confirm).await.expect("confirm");
+            let c = publish_confirmation(&ch, "", "d", body, persistent.clone()).await;
             assert!(c.is_nack(), "{body:?} was not nacked: {c:?}");
         }
         // The channel and connection still work for what needs no disk.

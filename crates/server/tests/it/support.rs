@@ -296,6 +296,21 @@ pub(crate) async fn publish_confirmed(
     body: &[u8],
     props: BasicProperties,
 ) {
+    let c = publish_confirmation(ch, exchange, key, body, props).await;
+    assert!(
+        c.is_ack(),
+        "publish to {exchange:?}/{key:?} was not acked: {c:?}"
+    );
+}
+
+/// Publish on a confirm channel and wait for the broker's ack or nack.
+pub(crate) async fn publish_confirmation(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> lapin::Confirmation {
     let confirm = within(
         "basic.publish",
         ch.basic_publish(
@@ -308,11 +323,7 @@ pub(crate) async fn publish_confirmed(
     )
     .await
     .expect("basic.publish");
-    let c = within("publisher confirm", confirm).await.expect("confirm");
-    assert!(
-        c.is_ack(),
-        "publish to {exchange:?}/{key:?} was not acked: {c:?}"
-    );
+    within("publisher confirm", confirm).await.expect("confirm")
 }
 
 pub(crate) async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<BasicGetMessage> {
