@@ -17,6 +17,7 @@ use liebre_amqp_codec::{
 };
 use liebre_auth::{Access, AuthError, AuthStore};
 use liebre_core::{Broker, Consumer, FastMap, Message, Metrics, QueueOptions, Throttle, VHost};
+use smallvec::SmallVec;
 use tracing::debug;
 
 use crate::channel::{
@@ -121,6 +122,9 @@ pub struct Connection {
     throttle: Throttle,
     /// `connection.blocked` went out; `connection.unblocked` is owed.
     blocked_sent: bool,
+    /// Stopped reading: a publish reached subscriber queues that are
+    /// congested (RabbitMQ's credit flow; no `connection.blocked`).
+    flow: liebre_core::Backpressure,
     /// See [`Connection::take_routed`].
     routed: bool,
     /// `tx.commit-ok`s not yet written (on any channel). No input is taken
@@ -168,6 +172,7 @@ impl Connection {
             sync_wait: Default::default(),
             throttle: Throttle::default(),
             blocked_sent: false,
+            flow: Default::default(),
             routed: false,
             held_commits: 0,
             ctx,
@@ -204,7 +209,13 @@ impl Connection {
     /// (bytes already received wait in the caller's buffer, to be fed
     /// again once this turns true, after `poll_transmit`).
     pub fn wants_read(&self) -> bool {
-        !self.throttle.is_blocked() && self.held_commits == 0
+        !self.throttle.is_blocked() && !self.flow.is_held() && self.held_commits == 0
+    }
+
+    /// Whether reading is paused by an alarm or by congested subscribers:
+    /// the heartbeat monitor does not run meanwhile (as RabbitMQ's).
+    fn paused(&self) -> bool {
+        self.throttle.is_blocked() || self.flow.is_held()
     }
 
     /// Whether input since the last call routed a message to some queue
@@ -261,6 +272,7 @@ impl Connection {
 
     /// Advance time: heartbeats, handshake and close deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.poll_flow(now);
         if let Some(d) = self.deadline {
             if now >= d {
                 self.deadline = None;
@@ -275,7 +287,7 @@ impl Connection {
             return;
         }
         // Heartbeat monitoring pauses while we do not read (as RabbitMQ).
-        if !self.throttle.is_blocked() && now.duration_since(self.last_rx) >= self.heartbeat * 2 {
+        if !self.paused() && now.duration_since(self.last_rx) >= self.heartbeat * 2 {
             debug!(message = "Missed heartbeats from client.", peer = %self.peer);
             self.finish(&format!(
                 "missed heartbeats from client, timeout: {}s",
@@ -293,22 +305,23 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hb = (!self.heartbeat.is_zero() && self.state == State::Running).then(|| {
             let send = self.last_tx + self.heartbeat / 2;
-            if self.throttle.is_blocked() {
+            if self.paused() {
                 return send;
             }
             let dead = self.last_rx + self.heartbeat * 2;
             send.min(dead)
         });
-        match (hb, self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [hb, self.deadline, self.flow.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Move pending output (replies, deliveries, confirms) into `out`.
     /// Returns whether anything was written.
     pub fn poll_transmit(&mut self, out: &mut BytesMut, now: Instant) -> bool {
         self.poll_unblock(now);
+        self.poll_flow(now);
         self.drain_outbox();
         self.flush_confirms();
         if self.out.is_empty() {
@@ -429,6 +442,37 @@ impl Connection {
         }
     }
 
+    /// Congested subscriber queues drained (or the hold ran out): read
+    /// again, and the heartbeat monitor starts afresh.
+    fn poll_flow(&mut self, now: Instant) {
+        if self.flow.poll_release(self.outbox.waker(), now) {
+            self.last_rx = now;
+        }
+    }
+
+    /// Stop reading until the `congested` subscriber queues drain, but for
+    /// those this connection consumes itself (it would not read the
+    /// acknowledgements that drain them).
+    fn hold_for(&mut self, congested: &liebre_core::Congested) {
+        if congested.0.is_empty() {
+            return;
+        }
+        let others: SmallVec<[Arc<liebre_core::Queue>; 1]> = congested
+            .0
+            .iter()
+            .filter(|q| {
+                !self
+                    .channels
+                    .values()
+                    .flat_map(|c| c.consumers.values())
+                    .any(|c| Arc::ptr_eq(&c.queue, q))
+            })
+            .cloned()
+            .collect();
+        let now = self.last_rx;
+        self.flow.hold(&others, self.outbox.waker(), now);
+    }
+
     fn fail(&mut self, e: AmqpError) {
         let now = self.last_rx;
         self.fail_at(e, now);
@@ -476,6 +520,7 @@ impl Connection {
     fn release_all(&mut self) {
         // Closing: the close handshake must be read whatever the alarms.
         self.throttle.release();
+        self.flow.release();
         let channels: Vec<u16> = self.channels.keys().copied().collect();
         for ch in channels {
             self.release_channel(ch);
@@ -1433,6 +1478,7 @@ impl Connection {
     ) -> Result<u64, AmqpError> {
         let outcome = vhost.publish(exchange, message.clone())?;
         self.routed |= outcome.routed > 0;
+        self.hold_for(&outcome.congested);
         if outcome.routed == 0 && mandatory {
             hot::write_basic_return(
                 &mut self.out,

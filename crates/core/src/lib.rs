@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - [`alarms`]: memory and disk alarms, and connections blocked by them.
+//! - [`flow`]: subscriber queues holding the publishers that feed them.
 //! - [`broker`]: the vhost registry, the root handle.
 //! - [`definitions`]: the seam where durable definitions leave the core.
 //! - [`vhost`]: declarations, bindings, routing, dead-lettering.
@@ -26,6 +27,7 @@ pub mod broker;
 pub mod definitions;
 pub mod error;
 pub mod exchange;
+pub mod flow;
 pub mod message;
 pub mod metrics;
 pub mod outbox;
@@ -40,6 +42,7 @@ pub use broker::Broker;
 pub use definitions::Definitions;
 pub use error::{CoreError, Result};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
+pub use flow::{Backpressure, FlowLimits};
 pub use message::{Clock, Delivery, ManualClock, Message, SystemClock};
 pub use metrics::Metrics;
 pub use outbox::{Outbox, Wake};
@@ -47,7 +50,7 @@ pub use persistence::{MessageStore, StoreRefused, Stored};
 pub use queue::{
     Consumer, ConsumerSink, Got, Queue, QueueArgs, QueueOptions, QueueStats, Returned,
 };
-pub use vhost::{PublishOutcome, VHost};
+pub use vhost::{Congested, PublishOutcome, VHost};
 
 /// The hash map of the publish path: names of exchanges and queues,
 /// direct bindings, a connection's channels. foldhash instead of the

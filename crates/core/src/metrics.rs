@@ -23,6 +23,10 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Messages published that no queue took.
     pub messages_unroutable: AtomicU64,
+    /// Messages dropped for a subscriber: its queue was full while it was
+    /// offline or slow, or the message was larger than it accepts
+    /// (Mosquitto's `$SYS/broker/publish/messages/dropped`).
+    pub messages_dropped: AtomicU64,
     /// Resource alarms on (memory, disk): 0, 1 or 2.
     pub resource_alarms: AtomicU64,
     /// Connections that stopped being read because they published while

@@ -19,7 +19,9 @@ use liebre_amqp_codec::{FieldTable, FieldValue, ShortStr};
 use parking_lot::Mutex;
 
 use crate::error::{CoreError, Result};
+use crate::flow::{FlowLimits, FlowState, Overflow as FlowOverflow};
 use crate::message::{Clock, Delivery, Message};
+use crate::metrics::Metrics;
 use crate::persistence::{QueueStore, Recovered};
 use crate::vhost::VHost;
 
@@ -210,6 +212,9 @@ pub struct QueueStats {
     pub delivered: u64,
     /// Messages ever acknowledged.
     pub acked: u64,
+    /// Messages dropped because the queue was full while its subscriber
+    /// was offline or slow (see [`crate::flow`]).
+    pub dropped: u64,
 }
 
 /// Why a message was dead-lettered (the `reason` of its `x-death` entry).
@@ -403,6 +408,9 @@ struct State {
     deleted: bool,
     last_used: Instant,
     stats: QueueStats,
+    /// Back-pressure and drop policy of a subscriber queue (boxed: most
+    /// queues have none).
+    flow: Option<Box<FlowState>>,
 }
 
 /// A message queue.
@@ -416,6 +424,7 @@ pub struct Queue {
     args: QueueArgs,
     vhost: Weak<VHost>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
     store: Option<QueueStore>,
     /// Ready messages kept in memory before new stored ones are paged out.
     max_loaded: usize,
@@ -451,6 +460,12 @@ pub enum Enqueued {
     Accepted,
     /// Refused by `x-overflow: reject-publish`.
     Rejected,
+    /// Accepted, but the queue is congested: the publisher is to wait
+    /// (see [`crate::flow`]).
+    Congested,
+    /// Dropped: a full subscriber queue (offline or slow subscriber)
+    /// under drop-new. Not a refusal the publisher hears of.
+    Dropped,
 }
 
 /// A message taken with `basic.get`.
@@ -517,6 +532,7 @@ impl Queue {
         store: Option<QueueStore>,
         max_loaded: usize,
     ) -> Self {
+        let metrics = vhost.metrics().clone();
         let now = clock.now();
         let ready = Ready::new(args.max_priority.unwrap_or(0));
         Self {
@@ -529,6 +545,7 @@ impl Queue {
             args,
             vhost: Arc::downgrade(vhost),
             clock,
+            metrics,
             store,
             max_loaded,
             state: Mutex::new(State {
@@ -541,6 +558,7 @@ impl Queue {
                 deleted: false,
                 last_used: now,
                 stats: QueueStats::default(),
+                flow: None,
             }),
         }
     }
@@ -624,6 +642,13 @@ impl Queue {
                 return Enqueued::Accepted;
             }
             let size = message.body.len() as u64;
+            if self.flow_full(&st) == Some(FlowOverflow::DropNew) {
+                drop(st);
+                self.gone(&mut out, stored);
+                self.finish(out);
+                self.flow_dropped(1);
+                return Enqueued::Dropped;
+            }
             if self.would_overflow(&st, size) {
                 match self.args.overflow {
                     Overflow::DropHead => {}
@@ -678,14 +703,166 @@ impl Queue {
                 stored,
             });
             self.enforce_limits(&mut st, &mut out);
+            let dropped_oldest = self.enforce_flow_limit(&mut st, &mut out);
             // Deliver before expiring: with a TTL of 0 a message still
             // reaches a consumer that can take it right now (RabbitMQ).
             self.deliver_ready(&mut st, now, &mut out);
             self.expire_head(&mut st, now, &mut out);
-            Enqueued::Accepted
+            let congested = Self::congest(&mut st);
+            (congested, dropped_oldest)
         };
         self.finish(out);
-        result
+        let (congested, dropped) = result;
+        self.flow_dropped(dropped);
+        if congested {
+            Enqueued::Congested
+        } else {
+            Enqueued::Accepted
+        }
+    }
+
+    // ---- flow (see crate::flow) -------------------------------------------
+
+    /// Make this a subscriber queue with `limits` (or an ordinary one
+    /// again with `None`). Publishers it held are released.
+    pub fn set_flow(&self, limits: Option<FlowLimits>) {
+        let mut st = self.state.lock();
+        if let Some(f) = &mut st.flow {
+            f.uncongest();
+        }
+        st.flow = limits.map(|l| Box::new(FlowState::new(l)));
+    }
+
+    /// The flow limits, if this is a subscriber queue.
+    pub fn flow_limits(&self) -> Option<FlowLimits> {
+        self.state.lock().flow.as_ref().map(|f| f.limits.clone())
+    }
+
+    /// Whether the queue holds its publishers now.
+    pub fn flow_congested(&self) -> bool {
+        self.state.lock().flow.as_ref().is_some_and(|f| f.congested)
+    }
+
+    /// Whether the queue was found slow (it held a publisher for its
+    /// `max_hold`) and has not drained since.
+    pub fn flow_slow(&self) -> bool {
+        self.state.lock().flow.as_ref().is_some_and(|f| f.slow)
+    }
+
+    /// If congested, have `waker` woken when it no longer is; returns its
+    /// epoch and `max_hold`. A caller that waited in epoch `seen` already
+    /// is registered again only if the queue became congested anew.
+    pub(crate) fn flow_wait(
+        &self,
+        waker: &Arc<dyn crate::Wake>,
+        seen: Option<u64>,
+    ) -> Option<(u64, Duration)> {
+        let mut st = self.state.lock();
+        let f = st.flow.as_mut().filter(|f| f.congested)?;
+        if seen != Some(f.epoch) {
+            f.add_waiter(waker);
+        }
+        Some((f.epoch, f.limits.max_hold))
+    }
+
+    /// The queue held a publisher for its `max_hold`: stop holding
+    /// publishers until it has drained.
+    pub(crate) fn flow_mark_slow(&self) {
+        let mut st = self.state.lock();
+        let ready = st.ready.len();
+        let Some(f) = st.flow.as_mut().filter(|f| f.congested) else {
+            return;
+        };
+        f.slow = true;
+        f.uncongest();
+        tracing::info!(
+            message = "Subscriber is slow: its publishers are no longer held; messages beyond its limit will be dropped.",
+            client = %f.limits.owner,
+            queue = %self.name,
+            ready,
+            max_queued = f.limits.max_len,
+        );
+    }
+
+    /// Whether a subscriber queue is full (and what then goes).
+    fn flow_full(&self, st: &State) -> Option<FlowOverflow> {
+        let f = st.flow.as_ref()?;
+        (st.ready.len() as u64 >= u64::from(f.limits.max_len)).then_some(f.limits.overflow)
+    }
+
+    /// Drop the oldest ready messages of a drop-oldest subscriber queue
+    /// beyond its limit; returns how many.
+    fn enforce_flow_limit(&self, st: &mut State, out: &mut Out) -> u64 {
+        let Some(max) = st
+            .flow
+            .as_ref()
+            .filter(|f| f.limits.overflow == FlowOverflow::DropOldest)
+            .map(|f| f.limits.max_len as usize)
+        else {
+            return 0;
+        };
+        let mut n = 0;
+        while st.ready.len() > max {
+            let Some(e) = st.ready.pop_front() else { break };
+            self.dead(out, e, DeathReason::Maxlen);
+            n += 1;
+        }
+        n
+    }
+
+    /// Count `n` dropped messages, and log them if it is time.
+    fn flow_dropped(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        Metrics::add(&self.metrics.messages_dropped, n);
+        let now = self.clock.now();
+        let mut st = self.state.lock();
+        st.stats.dropped += n;
+        let ready = st.ready.len();
+        let consumers = st.consumers.len();
+        let Some(f) = st.flow.as_mut() else { return };
+        f.unlogged_drops += n - 1;
+        if let Some(count) = f.dropped(now) {
+            let owner = f.limits.owner.clone();
+            let max_queued = f.limits.max_len;
+            drop(st);
+            log_drops(&owner, &self.name, count, ready, max_queued, consumers == 0);
+        }
+    }
+
+    /// After a message went in: congested if over `high` with a consumer
+    /// (and not slow). Returns whether it is.
+    fn congest(st: &mut State) -> bool {
+        let ready = st.ready.len();
+        let has_consumers = !st.consumers.is_empty();
+        let Some(f) = st.flow.as_mut() else {
+            return false;
+        };
+        if !f.congested && !f.slow && has_consumers && ready > f.limits.high as usize {
+            f.congested = true;
+        }
+        f.congested
+    }
+
+    /// After messages left or consumers went: a queue drained to `low`
+    /// holds publishers again when next congested (it is not slow any
+    /// more), and a congested one that drained, or lost its last
+    /// consumer, releases the publishers it holds.
+    fn relieve(st: &mut State) {
+        let ready = st.ready.len();
+        let idle = st.consumers.is_empty() || st.deleted;
+        let Some(f) = st.flow.as_mut() else { return };
+        if !(f.congested || f.slow) {
+            return;
+        }
+        let drained = ready <= f.limits.low as usize;
+        if drained {
+            f.slow = false;
+        }
+        if f.congested && (drained || idle) {
+            f.uncongest();
+        }
     }
 
     /// The TTL a message gets in this queue: the queue's or its own,
@@ -822,6 +999,11 @@ impl Queue {
     }
 
     fn deliver_ready(self: &Arc<Self>, st: &mut State, now: Instant, out: &mut Out) {
+        self.deliver_some(st, now, out);
+        Self::relieve(st);
+    }
+
+    fn deliver_some(self: &Arc<Self>, st: &mut State, now: Instant, out: &mut Out) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             if !self.page_in(st, now, out) {
                 return;
@@ -917,6 +1099,7 @@ impl Queue {
             if st.consumers.len() == before {
                 return false;
             }
+            Self::relieve(&mut st);
             st.last_used = self.clock.now();
             auto_delete_now =
                 self.auto_delete && st.ever_consumed && st.consumers.is_empty() && !st.deleted;
@@ -950,7 +1133,7 @@ impl Queue {
                     None => self.gone(&mut out, next.stored),
                 }
             }
-            e.map(|(message, seq, redelivered, expires_at, stored)| {
+            let got = e.map(|(message, seq, redelivered, expires_at, stored)| {
                 st.stats.delivered += 1;
                 if no_ack {
                     st.stats.acked += 1;
@@ -966,7 +1149,9 @@ impl Queue {
                     remaining: st.ready.len() as u64,
                     stored: stored.filter(|_| !no_ack),
                 }
-            })
+            });
+            Self::relieve(&mut st);
+            got
         };
         self.finish(out);
         got
@@ -1042,7 +1227,9 @@ impl Queue {
             for e in st.ready.iter() {
                 self.gone(&mut out, e.stored);
             }
-            st.ready.clear() as u32
+            let n = st.ready.clear() as u32;
+            Self::relieve(&mut st);
+            n
         };
         self.finish(out);
         n
@@ -1053,14 +1240,31 @@ impl Queue {
     pub fn tick(&self) -> bool {
         let now = self.clock.now();
         let mut out = Out::default();
+        let mut drops = None;
         let expired_queue = {
             let mut st = self.state.lock();
             self.expire_head(&mut st, now, &mut out);
+            Self::relieve(&mut st);
+            let (ready, consumers) = (st.ready.len(), st.consumers.len());
+            if let Some(f) = st.flow.as_mut() {
+                drops = f.due_drop_report(now).map(|n| {
+                    (
+                        f.limits.owner.clone(),
+                        n,
+                        ready,
+                        f.limits.max_len,
+                        consumers == 0,
+                    )
+                });
+            }
             self.args
                 .expires
                 .is_some_and(|e| st.consumers.is_empty() && now.duration_since(st.last_used) >= e)
         };
         self.finish(out);
+        if let Some((owner, n, ready, max_queued, offline)) = drops {
+            log_drops(&owner, &self.name, n, ready, max_queued, offline);
+        }
         expired_queue
     }
 
@@ -1071,6 +1275,9 @@ impl Queue {
         let mut st = self.state.lock();
         st.deleted = true;
         let n = st.ready.clear() as u32;
+        if let Some(f) = &mut st.flow {
+            f.uncongest();
+        }
         (std::mem::take(&mut st.consumers), n)
     }
 
@@ -1245,6 +1452,26 @@ impl Queue {
             );
         }
     }
+}
+
+/// The rate-limited warning of a subscriber queue that drops messages.
+fn log_drops(
+    owner: &str,
+    queue: &ShortStr,
+    count: u64,
+    ready: usize,
+    max_queued: u32,
+    offline: bool,
+) {
+    tracing::warn!(
+        message = "Dropped messages for an MQTT subscriber: its queue is full.",
+        client = %owner,
+        queue = %queue,
+        dropped = count,
+        ready,
+        max_queued,
+        subscriber = if offline { "offline" } else { "slow" },
+    );
 }
 
 #[cfg(test)]

@@ -32,8 +32,21 @@ const BUILTIN_EXCHANGES: &[(&str, ExchangeKind, bool)] = &[
 /// The queues a message was routed to. Small fan-outs stay on the stack.
 pub type Routed = SmallVec<[Arc<Queue>; 4]>;
 
+/// The subscriber queues a publish found congested (see [`crate::flow`]):
+/// the publisher is to wait for them. Compared by identity.
+#[derive(Debug, Default, Clone)]
+pub struct Congested(pub SmallVec<[Arc<Queue>; 1]>);
+
+impl PartialEq for Congested {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for Congested {}
+
 /// What publishing did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PublishOutcome {
     /// How many queues took the message.
     pub routed: usize,
@@ -45,6 +58,8 @@ pub struct PublishOutcome {
     /// The message was stored: confirm it once the store's synced
     /// position reaches this (0: nothing to wait for).
     pub lsn: u64,
+    /// Subscriber queues that took it and are congested.
+    pub congested: Congested,
 }
 
 /// A virtual host.
@@ -112,6 +127,11 @@ impl VHost {
     /// declared before keep theirs in memory only).
     pub fn set_store(&self, store: Arc<dyn crate::MessageStore>) {
         let _ = self.store.set(store);
+    }
+
+    /// Broker-wide counters.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The message store, if there is one.
@@ -830,8 +850,10 @@ impl VHost {
             }
         }
         for q in routed {
-            if q.enqueue(message.clone(), stored) == Enqueued::Rejected {
-                outcome.rejected = true;
+            match q.enqueue(message.clone(), stored) {
+                Enqueued::Rejected => outcome.rejected = true,
+                Enqueued::Congested => outcome.congested.0.push(q.clone()),
+                Enqueued::Accepted | Enqueued::Dropped => {}
             }
         }
         outcome

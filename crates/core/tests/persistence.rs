@@ -1315,6 +1315,7 @@ fn store_refusal_nacks_and_no_queue_gets_the_message() {
             rejected: true,
             store_failed: true,
             lsn: 0,
+            ..Default::default()
         }
     );
     assert_eq!(

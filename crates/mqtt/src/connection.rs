@@ -44,8 +44,19 @@ pub struct MqttConfig {
     pub max_session_expiry: Duration,
     /// A CONNECT without username logs in as `guest`.
     pub allow_anonymous: bool,
-    /// Messages held for one offline session before the oldest are dropped.
+    /// Messages held for one session while its client is offline or
+    /// slow; beyond them `queue_overflow` decides what is dropped.
     pub max_queued_messages: u32,
+    /// What a full session queue drops: the new message (Mosquitto's
+    /// behaviour) or the oldest.
+    pub queue_overflow: liebre_core::flow::Overflow,
+    /// How long a subscriber that falls behind may hold the publishers
+    /// feeding it (they stop being read); after that it counts as slow
+    /// and they go on (see `liebre_core::flow`).
+    pub slow_subscriber_after: Duration,
+    /// Hold QoS 0 publishers too (else their messages to a subscriber
+    /// that falls behind are dropped once its queue is full).
+    pub qos0_flow_control: bool,
     /// Deliveries buffered per connection.
     pub outbox_max_len: usize,
     /// Bytes of bodies buffered per connection.
@@ -68,11 +79,27 @@ impl Default for MqttConfig {
             max_session_expiry: Duration::from_secs(u64::from(u32::MAX)),
             allow_anonymous: true,
             max_queued_messages: 100_000,
+            queue_overflow: liebre_core::flow::Overflow::DropNew,
+            slow_subscriber_after: Duration::from_secs(5),
+            qos0_flow_control: true,
             outbox_max_len: 2048,
             outbox_max_bytes: 8 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             queue_qos0_offline: false,
         }
+    }
+}
+
+impl MqttConfig {
+    /// The flow limits of a queue serving `owner` (a client id, or a
+    /// shared subscription).
+    pub fn flow_limits(&self, owner: &str) -> liebre_core::FlowLimits {
+        liebre_core::FlowLimits::new(
+            owner.into(),
+            self.max_queued_messages,
+            self.queue_overflow,
+            self.slow_subscriber_after,
+        )
     }
 }
 
@@ -176,6 +203,9 @@ pub struct MqttConnection {
     held_acks: Option<Box<HeldAcks>>,
     /// Stopped reading: a PUBLISH came while a resource alarm was on.
     throttle: liebre_core::Throttle,
+    /// Stopped reading: a PUBLISH reached subscriber queues that are
+    /// congested.
+    flow: liebre_core::Backpressure,
     /// See [`MqttConnection::take_routed`].
     routed: bool,
 }
@@ -235,6 +265,7 @@ impl MqttConnection {
             cold: None,
             held_acks: None,
             throttle: Default::default(),
+            flow: Default::default(),
             routed: false,
             ctx,
         }
@@ -279,7 +310,13 @@ impl MqttConnection {
     /// holds its next PUBLISH (bytes already received wait in the caller's
     /// buffer, to be fed again once this turns true).
     pub fn wants_read(&self) -> bool {
-        !self.throttle.is_blocked()
+        !self.throttle.is_blocked() && !self.flow.is_held()
+    }
+
+    /// Whether the connection does not read now (a resource alarm, or
+    /// congested subscribers): keepalive does not run meanwhile.
+    fn paused(&self) -> bool {
+        !self.wants_read()
     }
 
     /// Whether input since the last call routed a message to some queue
@@ -303,7 +340,7 @@ impl MqttConnection {
         while self.state != State::Closed {
             // A PUBLISH (type 3) while an alarm is on waits in `buf`.
             if self.state == State::Connected
-                && (self.throttle.is_blocked()
+                && (self.paused()
                     || (buf.first().is_some_and(|b| b >> 4 == 3)
                         && self.ctx.broker.alarms().blocked()
                         && self
@@ -403,9 +440,12 @@ impl MqttConnection {
             self.finish("no CONNECT in time", now);
             return;
         }
+        if self.flow.poll_release(&self.waker(), now) {
+            self.last_rx = now; // keepalive starts again
+        }
         if self.state == State::Connected
             && self.keep_alive != 0
-            && !self.throttle.is_blocked()
+            && !self.paused()
             && now >= self.last_rx + self.keep_alive_grace()
         {
             self.disconnect_with(0x8D, "keep alive timeout", now);
@@ -426,7 +466,8 @@ impl MqttConnection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Connect => Some(self.connect_deadline()),
-            State::Connected if self.keep_alive != 0 && !self.throttle.is_blocked() => {
+            State::Connected if self.flow.is_held() => self.flow.deadline(),
+            State::Connected if self.keep_alive != 0 && !self.paused() => {
                 Some(self.last_rx + self.keep_alive_grace())
             }
             _ => None,
@@ -435,7 +476,9 @@ impl MqttConnection {
 
     /// Move pending output into `out`; returns whether anything was written.
     pub fn poll_transmit(&mut self, out: &mut BytesMut, now: Instant) -> bool {
-        if self.throttle.poll_unblock(self.ctx.broker.alarms()) {
+        if self.throttle.poll_unblock(self.ctx.broker.alarms())
+            | self.flow.poll_release(&self.waker(), now)
+        {
             self.last_rx = now; // keepalive starts again
         }
         let kicked = self.handle.kicked();
@@ -491,6 +534,7 @@ impl MqttConnection {
         let was_connected = self.state == State::Connected;
         self.state = State::Closed;
         self.throttle.release();
+        self.flow.release();
         let cold = cold(&mut self.cold);
         if cold.close_reason.is_none() {
             cold.close_reason = Some(why.into());
@@ -572,7 +616,7 @@ impl MqttConnection {
         }
         match p {
             Packet::Connect(_) => Err(Fatal(0x82, "second CONNECT".into())),
-            Packet::Publish(p) => self.publish(p),
+            Packet::Publish(p) => self.publish(p, now),
             Packet::PubAck(a) => {
                 self.settle_out(a.packet_id, false);
                 Ok(())
@@ -703,14 +747,8 @@ impl MqttConnection {
         };
         let authed = match &password {
             Some(p) => self.ctx.auth.authenticate(&user, p, self.peer.ip()),
-            None if c.username.is_none() => {
-                // Anonymous: the guest account, with its loopback rule.
-                if liebre_auth::is_loopback(self.peer.ip()) {
-                    Ok(())
-                } else {
-                    Err(AuthError::LoopbackOnly(user.clone()))
-                }
-            }
+            // Anonymous: the guest account, with its `loopback_users` rule.
+            None if c.username.is_none() => self.ctx.auth.check_origin(&user, self.peer.ip()),
             None => Err(AuthError::InvalidCredentials),
         };
         match authed {
@@ -779,7 +817,7 @@ impl MqttConnection {
             expiry.is_zero(),
             self.handle.clone(),
             self.handle.id(),
-            self.ctx.config.max_queued_messages,
+            &self.ctx.config,
         ) {
             Ok(a) => a,
             Err(e) => return self.connack_fail(0x03, 0x88, &e.to_string(), now),
@@ -902,7 +940,7 @@ impl MqttConnection {
 
     // ---- publish in ------------------------------------------------------
 
-    fn publish(&mut self, p: Publish) -> Result<(), Fatal> {
+    fn publish(&mut self, p: Publish, now: Instant) -> Result<(), Fatal> {
         let v5 = self.protocol == Protocol::V5;
         // Topic alias.
         let topic: Str = match p.properties.topic_alias {
@@ -989,6 +1027,11 @@ impl MqttConnection {
             }
             let outcome = vhost.publish(MQTT_EXCHANGE, msg);
             self.routed |= outcome.as_ref().is_ok_and(|o| o.routed > 0);
+            if let Ok(o) = &outcome {
+                if p.qos != QoS::AtMostOnce || self.ctx.config.qos0_flow_control {
+                    self.hold_for(&o.congested, now);
+                }
+            }
             match outcome {
                 Ok(o) if o.store_failed => {
                     // Never acknowledge what is not stored: 5.0 clients get
@@ -1028,6 +1071,23 @@ impl MqttConnection {
             }
         }
         Ok(())
+    }
+
+    /// Stop reading until the `congested` subscriber queues drain, but
+    /// for those this connection consumes itself (it would not read the
+    /// acknowledgements that drain them).
+    fn hold_for(&mut self, congested: &liebre_core::Congested, now: Instant) {
+        if congested.0.is_empty() {
+            return;
+        }
+        let others: smallvec::SmallVec<[Arc<liebre_core::Queue>; 1]> = congested
+            .0
+            .iter()
+            .filter(|q| !self.consumers().any(|c| Arc::ptr_eq(&c.queue, q)))
+            .cloned()
+            .collect();
+        let waker = self.waker();
+        self.flow.hold(&others, &waker, now);
     }
 
     /// Send a PUBACK/PUBREC now, or once the store has synced `lsn` (and
@@ -1191,7 +1251,9 @@ impl MqttConnection {
             }
         };
         // Outbound topic alias within the client's maximum.
+        // A new alias is taken only once the PUBLISH that sets it goes out.
         let mut wire_topic = topic;
+        let mut new_alias = None;
         if v5 && self.client_alias_max > 0 {
             let aliases = &mut cold(&mut self.cold).aliases;
             match aliases.outgoing.get(topic) {
@@ -1201,20 +1263,28 @@ impl MqttConnection {
                 }
                 None if aliases.outgoing.len() < usize::from(self.client_alias_max) => {
                     let a = aliases.outgoing.len() as u16 + 1;
-                    aliases.outgoing.insert(topic.to_owned(), a);
+                    new_alias = Some(a);
                     props.topic_alias = Some(a);
                 }
                 None => {}
             }
         }
         let props_ref = v5.then_some(&props);
-        liebre_core::Metrics::add(&self.ctx.broker.metrics().messages_sent, 1);
         let size = codec::publish_size(self.protocol, wire_topic, qos, props_ref, payload.len());
         if size as u64 > u64::from(self.client_max_packet) {
-            // Larger than the client accepts: discarded as if delivered (5.0 §3.1.2.11.4).
+            // Larger than the client accepts: discarded as if delivered
+            // (5.0 §3.1.2.11.4), and counted as dropped.
+            liebre_core::Metrics::add(&self.ctx.broker.metrics().messages_dropped, 1);
             settle_now(source);
             return;
         }
+        if let Some(a) = new_alias {
+            cold(&mut self.cold)
+                .aliases
+                .outgoing
+                .insert(topic.to_owned(), a);
+        }
+        liebre_core::Metrics::add(&self.ctx.broker.metrics().messages_sent, 1);
         if qos == QoS::AtMostOnce {
             if let Err(e) = codec::write_publish(
                 &mut self.out,
@@ -1259,8 +1329,29 @@ impl MqttConnection {
             settle_now(source);
             return;
         }
-        let packet = packet.freeze();
+        let mut packet = packet.freeze();
         self.out.extend_from_slice(&packet);
+        if props.topic_alias.is_some() {
+            // Aliases belong to this connection: a resend on a resumed
+            // session carries the topic itself.
+            props.topic_alias = None;
+            let mut resend = BytesMut::new();
+            if codec::write_publish(
+                &mut resend,
+                self.protocol,
+                false,
+                qos,
+                retain,
+                topic,
+                pkid,
+                Some(&props),
+                payload,
+            )
+            .is_ok()
+            {
+                packet = resend.freeze();
+            }
+        }
         let (delivery, consumer) = match source {
             Some((d, c)) => (Some(d), Some(c)),
             None => (None, None),
@@ -1363,14 +1454,14 @@ impl MqttConnection {
             let queue_name = match &share {
                 Some(g) => {
                     let name = shared_queue_name(g, &filter);
-                    let q = vhost.declare_queue(
-                        &name,
-                        queue_options(false, self.ctx.config.max_queued_messages),
-                        false,
-                        self.handle.id(),
-                    );
+                    let q =
+                        vhost.declare_queue(&name, queue_options(false), false, self.handle.id());
                     match q {
                         Ok(q) => {
+                            if q.flow_limits().is_none() {
+                                let owner = format!("$share/{g}/{filter}");
+                                q.set_flow(Some(self.ctx.config.flow_limits(&owner)));
+                            }
                             self.consume(q);
                             name
                         }
@@ -1383,7 +1474,7 @@ impl MqttConnection {
                 None => {
                     let q = session
                         .lock()
-                        .ensure_queue(self.handle.id(), self.ctx.config.max_queued_messages);
+                        .ensure_queue(self.handle.id(), &self.ctx.config);
                     match q {
                         Ok(Some(q)) => {
                             self.consume(q.clone());
@@ -1539,17 +1630,13 @@ fn parse_shared(filter: &str) -> Result<(Option<String>, String), ()> {
     }
 }
 
-/// Options of a queue holding messages for MQTT subscribers: bounded, the
-/// oldest dropped first.
-pub(crate) fn queue_options(durable: bool, max_len: u32) -> liebre_core::QueueOptions {
-    let mut arguments = liebre_amqp_codec::FieldTable::default();
-    arguments.insert(
-        liebre_amqp_codec::ShortStr::from("x-max-length"),
-        liebre_amqp_codec::FieldValue::I64(i64::from(max_len)),
-    );
+/// Options of a queue holding messages for MQTT subscribers. Its bound
+/// and what it drops are its flow limits ([`MqttConfig::flow_limits`]),
+/// set once it is declared, not queue arguments: they follow the
+/// configuration, also for queues that come back after a restart.
+pub(crate) fn queue_options(durable: bool) -> liebre_core::QueueOptions {
     liebre_core::QueueOptions {
         durable,
-        arguments,
         ..Default::default()
     }
 }
@@ -1609,7 +1696,7 @@ mod tests {
         let name = Session::queue_name("idle-1");
         // A leftover of an earlier session goes at CONNECT all the same.
         vhost
-            .declare_queue(&name, queue_options(true, 10), false, 0)
+            .declare_queue(&name, queue_options(true), false, 0)
             .expect("leftover");
         let peer = "127.0.0.1:40000".parse().expect("addr");
         let mut conn = MqttConnection::new(ctx.clone(), peer, Arc::new(NoWake), now);

@@ -19,6 +19,7 @@ use liebre_core::{ConsumerSink, Delivery, Outbox, Queue, Wake};
 use liebre_mqtt_codec::{QoS, SubscriptionOptions};
 use parking_lot::Mutex;
 
+use crate::connection::MqttConfig;
 use crate::mapping::MQTT_EXCHANGE;
 
 /// What a connection's outbox carries.
@@ -170,7 +171,7 @@ impl Session {
     pub fn ensure_queue(
         &mut self,
         conn_id: u64,
-        max_queued: u32,
+        config: &MqttConfig,
     ) -> Result<Option<Arc<Queue>>, liebre_core::CoreError> {
         if let Some(q) = &self.queue {
             return Ok(Some(q.clone()));
@@ -178,8 +179,7 @@ impl Session {
         if self.ended || self.connection.as_ref().is_none_or(|c| c.id() != conn_id) {
             return Ok(None);
         }
-        let queue =
-            declare_session_queue(&self.vhost, &self.client_id, false, max_queued, conn_id)?;
+        let queue = declare_session_queue(&self.vhost, &self.client_id, false, config, conn_id)?;
         self.queue = Some(queue.clone());
         Ok(Some(queue))
     }
@@ -388,19 +388,15 @@ impl Sessions {
         vhost: &Arc<liebre_core::VHost>,
         snapshot: SessionSnapshot,
         now: Instant,
-        queue_qos0: bool,
-        max_queued: u32,
+        config: &MqttConfig,
     ) -> Result<(), liebre_core::CoreError> {
         let name = Session::queue_name(&snapshot.client_id);
         let queue = match vhost.queue(&name) {
             Some(q) => q,
-            None => vhost.declare_queue(
-                &name,
-                crate::connection::queue_options(true, max_queued),
-                false,
-                0,
-            )?,
+            None => vhost.declare_queue(&name, crate::connection::queue_options(true), false, 0)?,
         };
+        queue.set_flow(Some(config.flow_limits(&snapshot.client_id)));
+        let queue_qos0 = config.queue_qos0_offline;
         let session = Session {
             client_id: snapshot.client_id.as_str().into(),
             vhost: vhost.clone(),
@@ -445,7 +441,7 @@ impl Sessions {
         ephemeral: bool,
         handle: Arc<dyn Handle>,
         conn_id: u64,
-        max_queued: u32,
+        config: &MqttConfig,
     ) -> Result<Attached, liebre_core::CoreError> {
         let mut map = self.map.lock();
         let clients = map.entry(vhost.name().to_owned()).or_default();
@@ -480,7 +476,7 @@ impl Sessions {
                 vhost,
                 client_id,
                 !clean_start,
-                max_queued,
+                config,
                 conn_id,
             )?)
         };
@@ -624,17 +620,19 @@ fn declare_session_queue(
     vhost: &Arc<liebre_core::VHost>,
     client_id: &str,
     durable: bool,
-    max_queued: u32,
+    config: &MqttConfig,
     conn_id: u64,
 ) -> Result<Arc<Queue>, liebre_core::CoreError> {
     let name = Session::queue_name(client_id);
     vhost.delete_queue_unchecked(&name);
-    vhost.declare_queue(
+    let queue = vhost.declare_queue(
         &name,
-        crate::connection::queue_options(durable, max_queued),
+        crate::connection::queue_options(durable),
         false,
         conn_id,
-    )
+    )?;
+    queue.set_flow(Some(config.flow_limits(client_id)));
+    Ok(queue)
 }
 
 /// Publish a will now: route it through `amq.topic` and keep it retained

@@ -86,6 +86,10 @@ pub fn publish(ctx: &MqttContext, state: &mut SysState, now: Instant) {
             "messages/inflight".into(),
             ctx.sessions.inflight_count().to_string(),
         ),
+        (
+            "publish/messages/dropped".into(),
+            Metrics::get(&m.messages_dropped).to_string(),
+        ),
     ];
     for (i, series) in SERIES.iter().enumerate() {
         topics.push(((*series).to_owned(), counters[i].to_string()));

@@ -89,6 +89,22 @@ pub struct ServerArgs {
     /// Ready messages a queue keeps in memory; persistent messages of durable queues beyond them wait on disk and are read back near the head [default: 2048].
     #[arg(long, env = "LIEBRE_QUEUE_MESSAGES_IN_MEMORY", value_name = "N")]
     pub queue_messages_in_memory: Option<usize>,
+    /// Messages held for one MQTT session while its client is offline or slow; beyond them the overflow policy drops [default: 100000].
+    #[arg(long, env = "LIEBRE_MQTT_MAX_QUEUED_MESSAGES", value_name = "N")]
+    pub mqtt_max_queued_messages: Option<u32>,
+    /// What a full MQTT session queue drops: `drop-new` (as Mosquitto) or `drop-oldest` [default: drop-new].
+    #[arg(long, env = "LIEBRE_MQTT_QUEUE_OVERFLOW", value_name = "POLICY")]
+    pub mqtt_queue_overflow: Option<String>,
+    /// How long a subscriber that falls behind may hold back the publishers feeding it, seconds; after that it is slow: they go on and its messages beyond the queue limit are dropped [default: 5].
+    #[arg(
+        long,
+        env = "LIEBRE_MQTT_SLOW_SUBSCRIBER_AFTER",
+        value_name = "SECONDS"
+    )]
+    pub mqtt_slow_subscriber_after: Option<f64>,
+    /// Hold QoS 0 publishers for subscribers that fall behind too (`false`: their QoS 0 messages are dropped once the subscriber's queue is full) [default: true].
+    #[arg(long, env = "LIEBRE_MQTT_QOS0_FLOW_CONTROL", value_name = "BOOL")]
+    pub mqtt_qos0_flow_control: Option<bool>,
 }
 
 /// The TOML file's shape; every key optional, unknown keys are an error.
@@ -119,8 +135,14 @@ pub struct FileConfig {
     pub sys_interval: Option<u64>,
     /// `false` is `--mqtt-no-anonymous`.
     pub mqtt_allow_anonymous: Option<bool>,
-    /// QoS 1/2 messages held for one offline MQTT session (oldest dropped first).
+    /// See `--mqtt-max-queued-messages`.
     pub mqtt_max_queued_messages: Option<u32>,
+    /// See `--mqtt-queue-overflow`.
+    pub mqtt_queue_overflow: Option<String>,
+    /// See `--mqtt-slow-subscriber-after`.
+    pub mqtt_slow_subscriber_after: Option<f64>,
+    /// See `--mqtt-qos0-flow-control`.
+    pub mqtt_qos0_flow_control: Option<bool>,
     /// Receive Maximum advertised to MQTT 5 clients.
     pub mqtt_receive_maximum: Option<u16>,
     /// Queue messages of QoS 0 subscriptions for offline persistent sessions.
@@ -256,19 +278,19 @@ impl Config {
             None => FileConfig::default(),
         };
         let mut c = Self::default();
-        let pick = |flag: &Vec<SocketAddr>, file: Option<Vec<SocketAddr>>, default: Listen| {
-            if !flag.is_empty() {
-                Listen::Addrs(flag.clone())
-            } else if let Some(v) = file {
-                Listen::Addrs(v)
-            } else {
-                default
-            }
-        };
-        c.amqp = pick(&args.amqp, file.amqp, c.amqp);
-        c.mqtt = pick(&args.mqtt, file.mqtt, c.mqtt);
-        c.mqtt_ws = pick(&args.mqtt_ws, file.mqtt_ws, c.mqtt_ws);
-        c.http = pick(&args.http, file.http, c.http);
+        // Listeners: the highest layer that names any listener names them
+        // all. With `--amqp 127.0.0.1:5673` alone the broker opens that
+        // port and no other; with no listener named anywhere, the defaults.
+        let flags = [&args.amqp, &args.mqtt, &args.mqtt_ws, &args.http];
+        let files = [&file.amqp, &file.mqtt, &file.mqtt_ws, &file.http];
+        if flags.iter().any(|f| !f.is_empty()) {
+            let [amqp, mqtt, mqtt_ws, http] = flags.map(|f| Listen::Addrs(f.clone()));
+            (c.amqp, c.mqtt, c.mqtt_ws, c.http) = (amqp, mqtt, mqtt_ws, http);
+        } else if files.iter().any(|f| f.is_some()) {
+            let [amqp, mqtt, mqtt_ws, http] =
+                files.map(|f| Listen::Addrs(f.clone().unwrap_or_default()));
+            (c.amqp, c.mqtt, c.mqtt_ws, c.http) = (amqp, mqtt, mqtt_ws, http);
+        }
         if let Some(d) = args.data_dir.clone().or(file.data_dir) {
             c.data_dir = d;
         }
@@ -294,8 +316,34 @@ impl Config {
         if args.mqtt_no_anonymous || file.mqtt_allow_anonymous == Some(false) {
             c.mqtt_limits.allow_anonymous = false;
         }
-        if let Some(n) = file.mqtt_max_queued_messages {
+        if let Some(n) = args
+            .mqtt_max_queued_messages
+            .or(file.mqtt_max_queued_messages)
+        {
+            anyhow::ensure!(n > 0, "mqtt_max_queued_messages must be at least 1");
             c.mqtt_limits.max_queued_messages = n;
+        }
+        if let Some(p) = args
+            .mqtt_queue_overflow
+            .clone()
+            .or(file.mqtt_queue_overflow)
+        {
+            c.mqtt_limits.queue_overflow = p
+                .parse()
+                .map_err(|e| anyhow::anyhow!("mqtt_queue_overflow: {e}"))?;
+        }
+        if let Some(secs) = args
+            .mqtt_slow_subscriber_after
+            .or(file.mqtt_slow_subscriber_after)
+        {
+            anyhow::ensure!(
+                secs.is_finite() && secs > 0.0,
+                "mqtt_slow_subscriber_after must be a positive number of seconds, got {secs}"
+            );
+            c.mqtt_limits.slow_subscriber_after = Duration::from_secs_f64(secs);
+        }
+        if let Some(b) = args.mqtt_qos0_flow_control.or(file.mqtt_qos0_flow_control) {
+            c.mqtt_limits.qos0_flow_control = b;
         }
         if let Some(q) = file.mqtt_queue_qos0_messages {
             c.mqtt_limits.queue_qos0_offline = q;
@@ -380,9 +428,71 @@ mod tests {
         );
         assert_eq!(c.amqp_limits.heartbeat, 5);
         assert_eq!(c.data_dir, PathBuf::from("from-file"));
-        assert_eq!(c.mqtt, Listen::Default(1883));
+        // The file names a listener: it names them all.
+        assert_eq!(c.mqtt, Listen::Addrs(vec![]));
+        assert_eq!(c.mqtt_ws, Listen::Addrs(vec![]));
         assert!(c.mqtt_limits.allow_anonymous);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn any_listener_flag_names_every_listener() {
+        let d = Config::resolve(&ServerArgs::default()).unwrap();
+        assert_eq!(d.amqp, Listen::Default(5672));
+        assert_eq!(d.mqtt, Listen::Default(1883));
+        assert_eq!(
+            d.mqtt_ws,
+            Listen::Addrs(vec!["0.0.0.0:9001".parse().unwrap()])
+        );
+        let args = ServerArgs {
+            amqp: vec!["127.0.0.1:5673".parse().unwrap()],
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(
+            c.amqp,
+            Listen::Addrs(vec!["127.0.0.1:5673".parse().unwrap()])
+        );
+        for other in [&c.mqtt, &c.mqtt_ws, &c.http] {
+            assert_eq!(other, &Listen::Addrs(vec![]));
+        }
+    }
+
+    #[test]
+    fn mqtt_flow_settings() {
+        let d = Config::resolve(&ServerArgs::default()).unwrap();
+        assert_eq!(d.mqtt_limits.max_queued_messages, 100_000);
+        assert_eq!(d.mqtt_limits.slow_subscriber_after, Duration::from_secs(5));
+        assert!(d.mqtt_limits.qos0_flow_control);
+        let args = ServerArgs {
+            mqtt_queue_overflow: Some("drop-oldest".into()),
+            mqtt_slow_subscriber_after: Some(0.5),
+            mqtt_qos0_flow_control: Some(false),
+            mqtt_max_queued_messages: Some(10),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(
+            c.mqtt_limits.queue_overflow,
+            liebre_core::flow::Overflow::DropOldest
+        );
+        assert_eq!(
+            c.mqtt_limits.slow_subscriber_after,
+            Duration::from_millis(500)
+        );
+        assert!(!c.mqtt_limits.qos0_flow_control);
+        assert_eq!(c.mqtt_limits.max_queued_messages, 10);
+        let bad = ServerArgs {
+            mqtt_queue_overflow: Some("drop-all".into()),
+            ..Default::default()
+        };
+        let e = Config::resolve(&bad).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("drop-new or drop-oldest"),
+            "{e:#}"
+        );
+        let f = parse_file(EXAMPLE_CONFIG).unwrap();
+        assert_eq!(f.mqtt_queue_overflow.as_deref(), Some("drop-new"));
     }
 
     #[test]

@@ -455,13 +455,7 @@ impl StoredDefinitions {
                 subscriptions,
             };
             let vhost = broker.add_vhost(str_of(&d, "vhost"));
-            match mqtt.sessions.restore(
-                &vhost,
-                snap,
-                now,
-                mqtt.config.queue_qos0_offline,
-                mqtt.config.max_queued_messages,
-            ) {
+            match mqtt.sessions.restore(&vhost, snap, now, &mqtt.config) {
                 Ok(()) => restored += 1,
                 Err(e) => error!(message = "Stored MQTT session not restored.", key = %k, %e),
             }

@@ -9,6 +9,7 @@ mod support;
 mod alarms;
 mod common;
 mod cross;
+mod flow;
 mod raw;
 mod v5;
 mod websocket;
