@@ -252,6 +252,13 @@ impl AuthStore {
         if !u.password_hash.verify(password) {
             return Err(AuthError::InvalidCredentials);
         }
+        self.check_origin(user, peer)
+    }
+
+    /// Whether `user` may log in from `peer` as far as `loopback_users`
+    /// goes (for logins without a password to check: anonymous MQTT
+    /// clients are `guest`).
+    pub fn check_origin(&self, user: &str, peer: IpAddr) -> Result<(), AuthError> {
         if !is_loopback(peer) && self.loopback_users.read().iter().any(|l| l == user) {
             return Err(AuthError::LoopbackOnly(user.to_owned()));
         }

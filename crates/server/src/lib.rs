@@ -83,16 +83,33 @@ impl Server {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
 
+        // Every listener is bound before any accepts: one that cannot bind
+        // stops the start with nothing served.
+        let amqp_listeners = bind_all(&config.amqp)
+            .await
+            .context("binding the AMQP listener")?;
+        let mqtt_listeners = bind_all(&config.mqtt)
+            .await
+            .context("binding the MQTT listener")?;
+        let mqtt_ws_listeners = bind_all(&config.mqtt_ws)
+            .await
+            .context("binding the MQTT WebSocket listener")?;
+        let mqtt = Arc::new(liebre_mqtt::MqttContext {
+            broker: broker.clone(),
+            auth: auth.clone(),
+            sessions: Default::default(),
+            config: config.mqtt_limits.clone(),
+        });
+        definitions
+            .load_sessions(&broker, &mqtt)
+            .context("restoring MQTT sessions")?;
         let ctx = Arc::new(liebre_amqp::Context {
             broker: broker.clone(),
             auth: auth.clone(),
             config: config.amqp_limits.clone(),
         });
-        let listeners = bind_all(&config.amqp)
-            .await
-            .context("binding the AMQP listener")?;
         let mut amqp_addrs = Vec::new();
-        for l in listeners {
+        for l in amqp_listeners {
             let addr = l.local_addr()?;
             info!(message = "AMQP listener started.", %addr);
             amqp_addrs.push(addr);
@@ -103,20 +120,8 @@ impl Server {
                 tracker.clone(),
             ));
         }
-        let mqtt = Arc::new(liebre_mqtt::MqttContext {
-            broker: broker.clone(),
-            auth: auth.clone(),
-            sessions: Default::default(),
-            config: config.mqtt_limits.clone(),
-        });
-        definitions
-            .load_sessions(&broker, &mqtt)
-            .context("restoring MQTT sessions")?;
         let mut mqtt_addrs = Vec::new();
-        for l in bind_all(&config.mqtt)
-            .await
-            .context("binding the MQTT listener")?
-        {
+        for l in mqtt_listeners {
             let addr = l.local_addr()?;
             info!(message = "MQTT listener started.", %addr);
             mqtt_addrs.push(addr);
@@ -128,10 +133,7 @@ impl Server {
             ));
         }
         let mut mqtt_ws_addrs = Vec::new();
-        for l in bind_all(&config.mqtt_ws)
-            .await
-            .context("binding the MQTT WebSocket listener")?
-        {
+        for l in mqtt_ws_listeners {
             let addr = l.local_addr()?;
             info!(message = "MQTT WebSocket listener started.", %addr, paths = "/mqtt /ws");
             mqtt_ws_addrs.push(addr);
