@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 
 use crate::message::Message;
 use crate::queue::Queue;
-use crate::topic::{split_amqp, MatchOptions, TopicTrie};
+use crate::topic::{split_amqp, TopicTrie};
 use crate::FastMap;
 
 /// The four exchange types.
@@ -261,8 +261,11 @@ impl Exchange {
             }
             ExchangeKind::Fanout => b.all.iter().for_each(|x| f(&x.destination)),
             ExchangeKind::Topic => {
+                // Queues of MQTT subscribers follow MQTT's rule for `$`
+                // topics, so `#` never routes `$SYS` into a session queue.
+                let mqtt = |d: &Destination| matches!(d, Destination::Queue(q) if q.mqtt_rules());
                 b.topic
-                    .for_each_match(split_amqp(&message.routing_key), MatchOptions::default(), f)
+                    .for_each_match(split_amqp(&message.routing_key), mqtt, f)
             }
             ExchangeKind::Headers => {
                 let headers = message.properties.headers.as_ref();

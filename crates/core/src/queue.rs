@@ -428,6 +428,9 @@ pub struct Queue {
     store: Option<QueueStore>,
     /// Ready messages kept in memory before new stored ones are paged out.
     max_loaded: usize,
+    /// It holds messages for an MQTT subscriber: topic bindings to it
+    /// follow MQTT's rule for `$` topics (see [`crate::topic::DollarRule`]).
+    mqtt_rules: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -548,6 +551,7 @@ impl Queue {
             metrics,
             store,
             max_loaded,
+            mqtt_rules: Default::default(),
             state: Mutex::new(State {
                 ready,
                 unacked: 0,
@@ -719,6 +723,18 @@ impl Queue {
         } else {
             Enqueued::Accepted
         }
+    }
+
+    /// Mark the queue as an MQTT subscriber's (see [`Queue::mqtt_rules`]).
+    pub fn set_mqtt_rules(&self, on: bool) {
+        self.mqtt_rules
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether topic bindings to this queue follow MQTT's rule for `$`
+    /// topics (it holds messages for an MQTT subscriber).
+    pub fn mqtt_rules(&self) -> bool {
+        self.mqtt_rules.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     // ---- flow (see crate::flow) -------------------------------------------

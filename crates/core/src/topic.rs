@@ -49,12 +49,39 @@ impl<T> Node<T> {
     }
 }
 
-/// Options for one match.
+/// Which values follow MQTT's rule for `$` topics (MQTT 5.0 §4.7.2, 3.1.1
+/// §4.7.2): a topic whose first word starts with `$` is not matched by
+/// their patterns that start with a wildcard. AMQP bindings do not follow
+/// it (an AMQP `#` binding sees `$SYS` messages, as in RabbitMQ).
+pub trait DollarRule<T> {
+    /// Whether `value` follows the MQTT rule.
+    fn protects(&self, value: &T) -> bool;
+}
+
+/// No value follows the MQTT rule: AMQP semantics throughout.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MatchOptions {
-    /// MQTT rule: a topic whose first word starts with `$` is not matched by
-    /// a pattern that starts with a wildcard.
-    pub protect_dollar: bool,
+pub struct AmqpRules;
+
+impl<T> DollarRule<T> for AmqpRules {
+    fn protects(&self, _: &T) -> bool {
+        false
+    }
+}
+
+/// Every value follows the MQTT rule.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MqttRules;
+
+impl<T> DollarRule<T> for MqttRules {
+    fn protects(&self, _: &T) -> bool {
+        true
+    }
+}
+
+impl<T, F: Fn(&T) -> bool> DollarRule<T> for F {
+    fn protects(&self, value: &T) -> bool {
+        self(value)
+    }
 }
 
 /// Topic patterns mapping to values `T`; a pattern may hold several values.
@@ -160,12 +187,28 @@ impl<T: PartialEq> TopicTrie<T> {
     pub fn for_each_match<'t>(
         &self,
         topic: impl IntoIterator<Item = &'t str>,
-        opts: MatchOptions,
+        rule: impl DollarRule<T>,
         mut f: impl FnMut(&T),
     ) {
         let words: smallvec::SmallVec<[&str; 8]> = topic.into_iter().collect();
-        let dollar = opts.protect_dollar && words.first().is_some_and(|w| w.starts_with('$'));
-        Self::walk(&self.root, &words, 0, dollar, &mut f);
+        if !words.first().is_some_and(|w| w.starts_with('$')) {
+            Self::walk(&self.root, &words, 0, false, &mut f);
+            return;
+        }
+        // A `$` topic: the exact words at the root for everyone, the root's
+        // wildcards only for values that do not follow the MQTT rule.
+        Self::walk(&self.root, &words, 0, true, &mut f);
+        let mut unprotected = |v: &T| {
+            if !rule.protects(v) {
+                f(v)
+            }
+        };
+        if let Some(star) = &self.root.star {
+            Self::walk(star, &words, 1, false, &mut unprotected);
+        }
+        if let Some(hash) = &self.root.hash {
+            Self::walk_hash(hash, &words, 0, &mut unprotected);
+        }
     }
 
     fn walk(node: &Node<T>, words: &[&str], i: usize, no_wild_here: bool, f: &mut impl FnMut(&T)) {
@@ -186,14 +229,19 @@ impl<T: PartialEq> TopicTrie<T> {
             return;
         }
         if let Some(hash) = &node.hash {
-            // `#` swallows zero or more words: try every split point. A
-            // pattern ending in `#` matches whatever remains in one step.
-            if hash.words.is_empty() && hash.star.is_none() && hash.hash.is_none() {
-                hash.values.iter().for_each(&mut *f);
-            } else {
-                for j in i..=words.len() {
-                    Self::walk(hash, words, j, false, f);
-                }
+            Self::walk_hash(hash, words, i, f);
+        }
+    }
+
+    /// The `#` child `hash` of a node reached at word `i`: `#` swallows
+    /// zero or more words, so every split point is tried. A pattern ending
+    /// in `#` matches whatever remains in one step.
+    fn walk_hash(hash: &Node<T>, words: &[&str], i: usize, f: &mut impl FnMut(&T)) {
+        if hash.words.is_empty() && hash.star.is_none() && hash.hash.is_none() {
+            hash.values.iter().for_each(&mut *f);
+        } else {
+            for j in i..=words.len() {
+                Self::walk(hash, words, j, false, f);
             }
         }
     }
@@ -205,7 +253,7 @@ mod tests {
 
     fn matches(trie: &TopicTrie<&'static str>, topic: &str) -> Vec<&'static str> {
         let mut out = Vec::new();
-        trie.for_each_match(split_amqp(topic), MatchOptions::default(), |v| {
+        trie.for_each_match(split_amqp(topic), AmqpRules, |v| {
             if !out.contains(v) {
                 out.push(*v)
             }
@@ -253,16 +301,23 @@ mod tests {
         t.insert(["#"], "all");
         t.insert(["+", "x"].map(|w| if w == "+" { "*" } else { w }), "plus");
         t.insert(["$SYS", "#"], "sys");
-        let opts = MatchOptions {
-            protect_dollar: true,
-        };
         let mut got = Vec::new();
-        t.for_each_match(["$SYS", "x"], opts, |v| got.push(*v));
+        t.for_each_match(["$SYS", "x"], MqttRules, |v| got.push(*v));
         assert_eq!(got, ["sys"]);
         got.clear();
-        t.for_each_match(["a", "x"], opts, |v| got.push(*v));
+        t.for_each_match(["a", "x"], MqttRules, |v| got.push(*v));
         got.sort();
         assert_eq!(got, ["all", "plus"]);
+        // AMQP bindings see `$` topics through wildcards.
+        got.clear();
+        t.for_each_match(["$SYS", "x"], AmqpRules, |v| got.push(*v));
+        got.sort();
+        assert_eq!(got, ["all", "plus", "sys"]);
+        // Per value: only those following the MQTT rule are kept out.
+        got.clear();
+        t.for_each_match(["$SYS", "x"], |v: &&str| *v == "all", |v| got.push(*v));
+        got.sort();
+        assert_eq!(got, ["plus", "sys"]);
     }
 
     #[test]
@@ -300,7 +355,7 @@ mod tests {
                 t.insert(p.iter().copied(), i);
             }
             let mut got = Vec::new();
-            t.for_each_match(topic.iter().copied(), MatchOptions::default(), |v| got.push(*v));
+            t.for_each_match(topic.iter().copied(), AmqpRules, |v| got.push(*v));
             got.sort();
             got.dedup();
             let want: Vec<usize> = pats.iter().enumerate()

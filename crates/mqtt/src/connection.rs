@@ -1460,7 +1460,7 @@ impl MqttConnection {
                         Ok(q) => {
                             if q.flow_limits().is_none() {
                                 let owner = format!("$share/{g}/{filter}");
-                                q.set_flow(Some(self.ctx.config.flow_limits(&owner)));
+                                subscriber_queue(&q, &self.ctx.config, &owner);
                             }
                             self.consume(q);
                             name
@@ -1639,6 +1639,13 @@ pub(crate) fn queue_options(durable: bool) -> liebre_core::QueueOptions {
         durable,
         ..Default::default()
     }
+}
+
+/// Make `queue` an MQTT subscriber queue serving `owner`: its flow limits,
+/// and MQTT's rule for `$` topics on its bindings.
+pub(crate) fn subscriber_queue(queue: &liebre_core::Queue, config: &MqttConfig, owner: &str) {
+    queue.set_flow(Some(config.flow_limits(owner)));
+    queue.set_mqtt_rules(true);
 }
 
 /// The queue shared by the members of `$share/{group}/{filter}`.

@@ -395,7 +395,7 @@ impl Sessions {
             Some(q) => q,
             None => vhost.declare_queue(&name, crate::connection::queue_options(true), false, 0)?,
         };
-        queue.set_flow(Some(config.flow_limits(&snapshot.client_id)));
+        crate::connection::subscriber_queue(&queue, config, &snapshot.client_id);
         let queue_qos0 = config.queue_qos0_offline;
         let session = Session {
             client_id: snapshot.client_id.as_str().into(),
@@ -631,7 +631,7 @@ fn declare_session_queue(
         false,
         conn_id,
     )?;
-    queue.set_flow(Some(config.flow_limits(client_id)));
+    crate::connection::subscriber_queue(&queue, config, client_id);
     Ok(queue)
 }
 

@@ -11,5 +11,6 @@ mod common;
 mod cross;
 mod flow;
 mod raw;
+mod sys;
 mod v5;
 mod websocket;
